@@ -1,0 +1,66 @@
+"""The `mrisynth` command. Thin: each subcommand parses its arguments, resolves a config and calls one function.
+
+Subcommands live beside the code they drive (`mrisynth/<area>/cli.py`, each with a `register(subparsers)`),
+so this file only wires them together and turns `UserError` into a one-line message with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from mrisynth import __version__
+from mrisynth.errors import UserError
+
+# Order is the order shown in --help.
+AREAS = (
+    "mrisynth.data.cli",
+    "mrisynth.generate.cli",
+    "mrisynth.classify.cli",
+    "mrisynth.quality.cli",
+    "mrisynth.study.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mrisynth",
+        description="Does adding diffusion-generated images help my MRI classifier, and at what ratio?",
+    )
+    parser.add_argument("--version", action="version", version=f"mrisynth {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in AREAS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # an area not built yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname).1s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"mrisynth: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mrisynth: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Data: readers, manifest, splits, cache, phantom, download and leakage audit."""
