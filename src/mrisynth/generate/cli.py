@@ -1,0 +1,70 @@
+"""`mrisynth generator train|sample`: dispatch to the backend named by --backend (train) or generator.json (sample)."""
+
+from __future__ import annotations
+
+import argparse
+
+from mrisynth.cliutil import add_config_args, config_from_args
+from mrisynth.errors import UserError
+from mrisynth.generate import backend_module, read_generator_info
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    gen = subparsers.add_parser("generator", help="fine-tune or train a generator, then sample a synthetic set")
+    subs = gen.add_subparsers(dest="generator_command", metavar="ACTION", required=True)
+
+    train = subs.add_parser("train", help="train a generator on the train split of a prepared data folder")
+    train.add_argument("--backend", choices=("sd", "ddpm"), default="ddpm")
+    train.add_argument("--data", required=True, help="prepared data folder (from `mrisynth data prepare`)")
+    train.add_argument("--out", required=True, help="folder for the trained generator")
+    train.add_argument("--preset", default=None, help="named settings: sd: full|lora; ddpm: tiny|demo|full")
+    train.add_argument("--model", default=None, help="sd only: model id or local folder (default stabilityai/sd-turbo)")
+    add_config_args(train)
+    train.set_defaults(func=_train)
+
+    sample = subs.add_parser("sample", help="generate a labelled synthetic set with provenance")
+    sample.add_argument("--generator", required=True, help="a folder written by `mrisynth generator train`")
+    sample.add_argument("--n-per-class", type=int, required=True)
+    sample.add_argument("--out", required=True, help="folder for PNGs + manifest.csv")
+    sample.add_argument("--preset", default=None, help="named settings: sd: turbo|seed; ddpm: fast|quality")
+    sample.add_argument("--mode", choices=("text2img", "img2img"), default=None, help="sd only")
+    add_config_args(sample)
+    sample.set_defaults(func=_sample)
+
+
+def _preset(presets: dict, name: str | None, kind: str) -> dict:
+    if name is None:
+        return {}
+    if name not in presets:
+        raise UserError(f"unknown {kind} preset '{name}'; use one of {', '.join(presets)}")
+    return dict(presets[name])
+
+
+def _train(args: argparse.Namespace) -> int:
+    backend = backend_module(args.backend)
+    base = _preset(backend.TRAIN_PRESETS, args.preset, f"{args.backend} training")
+    if args.model is not None:
+        if args.backend != "sd":
+            raise UserError("--model applies to --backend sd only")
+        base["model"] = args.model
+    cfg = config_from_args(backend.TrainConfig, args, base=base)
+    out = backend.run_train(cfg, data_dir=args.data, out_dir=args.out)
+    print(f"generator saved to {out}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    info = read_generator_info(args.generator)
+    backend = backend_module(info["backend"])
+    base = _preset(backend.SAMPLE_PRESETS, args.preset, f"{info['backend']} sampling")
+    if args.n_per_class < 1:
+        raise UserError("--n-per-class must be at least 1")
+    base["n_per_class"] = args.n_per_class
+    if args.mode is not None:
+        if info["backend"] != "sd":
+            raise UserError("--mode applies to SD generators only")
+        base["mode"] = args.mode
+    cfg = config_from_args(backend.SampleConfig, args, base=base)
+    out = backend.run_sample(args.generator, cfg, out_dir=args.out)
+    print(f"synthetic set written to {out}")
+    return 0

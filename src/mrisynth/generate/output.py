@@ -1,0 +1,92 @@
+"""The synthetic-set contract shared by every generator backend.
+
+    SYN/<class>/<id>.png     one-channel 8-bit PNGs
+    SYN/manifest.csv         the same manifest format the readers write, source=synthetic, provenance filled
+    SYN/classes.json         class order of the real data the generator was trained on
+
+Writing is resumable: images are written one by one (each atomically), and `existing_ids()` tells a restarted
+sampler which ones are already done; the manifest is written last, atomically, from the provenance sidecars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mrisynth.data.images import save_grayscale_png
+from mrisynth.data.manifest import ImageRecord, save_classes, save_manifest
+from mrisynth.files import atomic_path, ensure_writable_dir, sha256_file
+
+_SIDECAR = ".provenance.jsonl"
+
+
+def synthetic_id(class_name: str, index: int) -> str:
+    """Stable id of the index-th synthetic image of a class (the same on every rerun)."""
+    return f"syn-{class_name}-{index:06d}"
+
+
+class SyntheticWriter:
+    """Writes synthetic images and their provenance; a rerun skips what is already written."""
+
+    def __init__(self, out_dir: str | os.PathLike, classes: Sequence[str], *, generator_sha256: str) -> None:
+        self.out_dir = ensure_writable_dir(out_dir)
+        self.classes = list(classes)
+        self.generator_sha256 = generator_sha256
+        self._sidecar = self.out_dir / _SIDECAR
+        self._records: dict[str, ImageRecord] = {}
+        for line in self._sidecar.read_text().splitlines() if self._sidecar.exists() else []:
+            try:
+                rec = ImageRecord(**json.loads(line))
+            except (json.JSONDecodeError, TypeError):
+                break  # torn last line after a crash
+            if Path(rec.path).is_file():
+                self._records[rec.id] = rec
+
+    def existing_ids(self) -> set[str]:
+        """Ids already written (PNG present and provenance recorded)."""
+        return set(self._records)
+
+    def add(
+        self,
+        image: np.ndarray,  # (H, W) uint8
+        *,
+        image_id: str,
+        class_name: str,
+        prompt: str = "",
+        seed: int,
+        steps: int,
+        guidance: float | None = None,
+        strength: float | None = None,
+        source_image_id: str = "",
+    ) -> ImageRecord:
+        """Save one image as a one-channel PNG and record its provenance."""
+        if image.ndim != 2 or image.dtype != np.uint8:
+            raise ValueError(f"expected a (H, W) uint8 image, got {image.shape} {image.dtype}")
+        class_dir = self.out_dir / class_name
+        class_dir.mkdir(exist_ok=True)
+        path = class_dir / f"{image_id}.png"
+        with atomic_path(path) as tmp:
+            save_grayscale_png(image, tmp)
+        rec = ImageRecord(
+            id=image_id, path=str(path.resolve()), class_name=class_name, label=self.classes.index(class_name),
+            width=image.shape[1], height=image.shape[0], source="synthetic", prompt=prompt, seed=seed,
+            steps=steps, guidance=guidance, strength=strength, source_image_id=source_image_id,
+            generator_sha256=self.generator_sha256, split="train",
+        )
+        with open(self._sidecar, "a", encoding="utf-8") as f:
+            f.write(json.dumps(dataclasses.asdict(rec)) + "\n")
+        self._records[image_id] = rec
+        return rec
+
+    def finish(self) -> Path:
+        """Write manifest.csv and classes.json (sorted by class then id); returns the manifest path."""
+        records = sorted(self._records.values(), key=lambda r: (r.label, r.id))
+        for rec in records:
+            rec.sha256 = rec.sha256 or sha256_file(rec.path)
+        save_classes(self.classes, self.out_dir)
+        return save_manifest(records, self.out_dir / "manifest.csv")
