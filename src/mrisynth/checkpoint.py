@@ -1,0 +1,97 @@
+"""One checkpoint schema for every trainer (classifier, DDPM, SD fine-tune).
+
+    weights   -> `<name>.safetensors`  (model / EMA / LoRA tensors; loadable anywhere, no code execution)
+    state     -> `<name>.pt`           (optimizer, scheduler, step/epoch, RNG states, small metadata)
+
+Both are written atomically. `state` is loaded with `torch.load(weights_only=True)`, so it may hold only tensors,
+numbers, strings, lists and dicts: RNG states are stored as tensors for that reason. A file that cannot be read
+is reported as corrupted with a clear message instead of being silently reused or ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from mrisynth.errors import UserError
+from mrisynth.files import atomic_path
+
+
+def save_weights(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Save a state dict as safetensors atomically (tensors are made contiguous and moved to the CPU)."""
+    path = Path(path)
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(cpu, str(tmp))
+    return path
+
+
+def load_weights(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load safetensors weights; a damaged file is a UserError telling the user to delete it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as exc:  # safetensors raises its own error types for truncated/garbled files
+        raise UserError(f"weights file {path} is corrupted ({exc}); delete it and rerun to recompute it") from exc
+
+
+def save_state(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Save a training state dict (optimizer, counters, RNG) atomically with torch.save."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a training state saved by `save_state` (weights_only=True: no code runs while loading)."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise UserError(f"checkpoint {path} does not exist") from exc
+    except Exception as exc:  # truncated zip, unpickling refused, ...
+        raise UserError(
+            f"checkpoint {path} is corrupted or was not written by mrisynth ({exc.__class__.__name__}); "
+            "delete it to restart this step from scratch"
+        ) from exc
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) RNG states, in a form `load_state` accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "python": torch.tensor(_python_state_to_list(random.getstate()), dtype=torch.int64),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Restore what `capture_rng` captured."""
+    random.setstate(_python_state_from_list(state["python"].tolist()))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state_to_list(state: tuple) -> list[int]:
+    version, internal, gauss = state
+    return [version, *internal, -1 if gauss is None else 1]
+
+
+def _python_state_from_list(values: list[int]) -> tuple:
+    return (values[0], tuple(values[1:-1]), None)
