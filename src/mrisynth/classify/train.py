@@ -1,0 +1,352 @@
+"""Training one classifier: `fit` (a whole resumable run), `train_one_epoch` and `evaluate`.
+
+    result = fit(cfg, TrainData(real_dir=Path("runs/x/data")), Path("runs/x/trials/real-s0"))
+
+The run folder holds config.yaml, metrics.jsonl (one line per epoch), best.safetensors, last.pt (resumable),
+and at the end predictions.csv and result.json. A folder with result.json is done: fit returns it untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from mrisynth.classify.augment import augment_batch, to_unit_float
+from mrisynth.classify.checkpoint import (
+    BEST_NAME,
+    LAST_NAME,
+    load_training_state,
+    load_weights,
+    rng_state,
+    save_training_state,
+    save_weights,
+    set_rng_state,
+)
+from mrisynth.classify.config import AugmentConfig, ClassifierConfig
+from mrisynth.classify.data import DeviceSet, TrainData, epoch_order, load_train_data
+from mrisynth.classify.metrics import classification_metrics
+from mrisynth.classify.models import build_classifier
+from mrisynth.config import save_config, to_dict
+from mrisynth.errors import UserError
+from mrisynth.files import append_jsonl, ensure_writable_dir, read_json, write_json, write_text
+from mrisynth.seeding import derive_seed, seed_everything
+
+log = logging.getLogger(__name__)
+
+RESULT_NAME = "result.json"
+METRICS_NAME = "metrics.jsonl"
+CONFIG_NAME = "config.yaml"
+PREDICTIONS_NAME = "predictions.csv"
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """What config.yaml of a classifier run holds: the settings and the data they were applied to."""
+
+    classifier: ClassifierConfig
+    data: TrainData
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """Keras EarlyStopping(monitor="val_loss", patience, min_delta=0): stop after `patience` epochs without a new best."""
+
+    patience: int | None
+    best_loss: float = math.inf
+    best_epoch: int = -1
+    wait: int = 0
+    stopped: bool = False
+
+    def update(self, val_loss: float, epoch: int) -> bool:
+        """Record one epoch; True when it is a new best."""
+        if val_loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.wait = val_loss, epoch, 0
+            return True
+        self.wait += 1
+        self.stopped = self.patience is not None and self.wait >= self.patience
+        return False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but no CUDA GPU is visible; use --set device=cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_optimizer(cfg: ClassifierConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":  # Keras Adam defaults: betas (0.9, 0.999), eps 1e-7
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(cfg: ClassifierConfig, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int):
+    """A per-epoch ReduceLROnPlateau (stepped with val loss), a per-step warm-up+cosine LambdaLR, or None."""
+    if cfg.schedule == "plateau":
+        # Keras reduces when `wait >= patience`; torch when `bad_epochs > patience`: hence patience - 1.
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.plateau_factor, patience=max(cfg.plateau_patience - 1, 0),
+            threshold=cfg.plateau_min_delta, threshold_mode="abs", min_lr=cfg.min_lr,
+        )
+    if cfg.schedule == "cosine":
+        warmup = cfg.warmup_epochs * steps_per_epoch
+        total = max(cfg.epochs * steps_per_epoch, warmup + 1)
+        floor = cfg.min_lr / cfg.lr
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / (total - warmup)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return None
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: DeviceSet,
+    order: torch.Tensor,  # (samples,) indices into `train`, already shuffled
+    *,
+    augment: AugmentConfig,
+    generator: torch.Generator,
+    batch_size: int,
+    label_smoothing: float = 0.0,
+    amp: bool = False,
+    channels_last: bool = False,
+    step_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    desc: str = "train",
+) -> dict:
+    """One pass over `order`: augment on the device, forward, backward, step. Returns loss/accuracy/throughput."""
+    model.train()
+    device = train.images.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    start = time.perf_counter()
+    for first in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, unit="batch"):
+        idx = order[first:first + batch_size]
+        if len(idx) == 1 and first > 0:
+            break  # BatchNorm cannot train on a lone sample whose features are 1x1
+        x = augment_batch(train.images[idx], augment, generator=generator)  # (B, 1, S, S) in [0, 1]
+        y = train.labels[idx]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step_scheduler is not None:
+            step_scheduler.step()
+        # accumulate on the device: no host sync per step
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(idx)
+    train_loss, train_acc = loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+    seconds = time.perf_counter() - start
+    return {"train_loss": train_loss, "train_acc": train_acc, "images": seen, "train_seconds": seconds}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    images_u8: torch.Tensor | np.ndarray,  # (N, H, W) or (N, 1, H, W) uint8
+    labels: torch.Tensor | np.ndarray,  # (N,) int
+    *,
+    batch_size: int,
+    device: torch.device | str,
+    classes: list[str] | None = None,
+    amp: bool = False,
+) -> tuple[dict, np.ndarray]:
+    """Metrics (see metrics.py; `loss` is plain cross-entropy) and (N, C) probabilities, without augmentation."""
+    model.eval()
+    device = torch.device(device)
+    images = torch.as_tensor(images_u8)
+    if images.ndim == 3:
+        images = images.unsqueeze(1)
+    probs = []
+    for first in range(0, len(images), batch_size):
+        x = to_unit_float(images[first:first + batch_size].to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+    prob = torch.cat(probs).double().numpy()
+    y = torch.as_tensor(labels).cpu().numpy().astype(np.int64)
+    loss = float(-np.log(np.clip(prob[np.arange(len(y)), y], 1e-12, None)).mean()) if len(y) else float("nan")
+    names = classes or [str(k) for k in range(prob.shape[1])]
+    return classification_metrics(y, prob, names, loss=loss), prob
+
+
+def fit(
+    cfg: ClassifierConfig,
+    data: TrainData,
+    out_dir: Path,
+    *,
+    callback: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train one classifier into `out_dir` (resuming from last.pt) and return result.json's content.
+
+    `callback(record)` is called after each epoch's checkpoint is written; raising from it stops the run there
+    (a later call resumes).
+    """
+    out_dir = ensure_writable_dir(out_dir)
+    if (out_dir / RESULT_NAME).is_file():
+        return read_json(out_dir / RESULT_NAME)
+    _check_settings(cfg)
+    data = dataclasses.replace(
+        data, real_dir=Path(data.real_dir).resolve(),
+        synthetic_dir=None if data.synthetic_dir is None else Path(data.synthetic_dir).resolve(),
+    )
+    _save_or_check_config(RunConfig(classifier=cfg, data=data), out_dir)
+    device = resolve_device(cfg.device)
+    on_gpu = device.type == "cuda"
+    amp, channels_last = cfg.amp and on_gpu, cfg.channels_last and on_gpu
+    seed_everything(cfg.seed, deterministic=cfg.deterministic)
+
+    sets = load_train_data(data, image_size=cfg.image_size, device=device)
+    model = build_classifier(cfg.model, len(sets.classes), weights=cfg.weights).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    samples = data.samples_per_epoch or cfg.samples_per_epoch or len(sets.train)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch=math.ceil(samples / cfg.batch_size))
+    per_step = isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)
+    stopper = EarlyStopping(cfg.early_stopping_patience)
+    history: list[dict] = []
+
+    start_epoch = 0
+    if (out_dir / LAST_NAME).is_file():
+        state = load_training_state(out_dir / LAST_NAME)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        stopper = EarlyStopping(**state["early_stopping"])
+        history = list(state["history"])
+        set_rng_state(state["rng"])
+        start_epoch = state["epoch"] + 1
+        log.info("resuming %s after epoch %d", out_dir, state["epoch"])
+    # metrics.jsonl mirrors the checkpointed history (a crash between the two writes leaves no stray line)
+    write_text(out_dir / METRICS_NAME, "")
+    for record in history:
+        append_jsonl(out_dir / METRICS_NAME, record)
+
+    net = torch.compile(model) if cfg.compile and on_gpu else model
+    gen_device = device if on_gpu else torch.device("cpu")
+    for epoch in range(start_epoch, cfg.epochs):
+        if stopper.stopped:
+            break
+        t0 = time.perf_counter()
+        # Each epoch draws from its own seed, so a resumed run sees the same shuffles and augmentations.
+        generator = torch.Generator(device=gen_device).manual_seed(derive_seed(cfg.seed, "epoch", epoch))
+        order = epoch_order(len(sets.train), samples, generator=generator).to(device)
+        lr = optimizer.param_groups[0]["lr"]
+        stats = train_one_epoch(
+            net, optimizer, sets.train, order, augment=cfg.augment, generator=generator,
+            batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing, amp=amp, channels_last=channels_last,
+            step_scheduler=scheduler if per_step else None, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        )
+        val, _ = evaluate(net, sets.val.images, sets.val.labels, batch_size=cfg.eval_batch_size, device=device,
+                          classes=sets.classes, amp=amp)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val["loss"])
+        if stopper.update(val["loss"], epoch):
+            save_weights(model, out_dir / BEST_NAME, classes=sets.classes, model_name=cfg.model)
+        record = {"epoch": epoch, **stats, "val_loss": val["loss"], "val_acc": val["accuracy"], "lr": lr,
+                  "seconds": time.perf_counter() - t0}
+        history.append(record)
+        save_training_state(out_dir / LAST_NAME, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "early_stopping": dataclasses.asdict(stopper), "history": history, "rng": rng_state(), "epoch": epoch,
+        })
+        append_jsonl(out_dir / METRICS_NAME, record)
+        log.info("epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f", epoch + 1, stats["train_loss"],
+                 stats["train_acc"], val["loss"], val["accuracy"])
+        if callback is not None:
+            callback(record)
+
+    return _finish(model, cfg, sets, out_dir, history=history, stopper=stopper, device=device, amp=amp)
+
+
+def _finish(model, cfg, sets, out_dir: Path, *, history, stopper, device, amp) -> dict:
+    """Evaluate the kept weights on val and test, write predictions.csv and result.json."""
+    t0 = time.perf_counter()
+    if cfg.restore_best:
+        load_weights(model, out_dir / BEST_NAME)
+    else:
+        save_weights(model, out_dir / BEST_NAME, classes=sets.classes, model_name=cfg.model)
+    rows, results = [], {}
+    for split, part in (("test", sets.test), ("val", sets.val)):
+        metrics, probs = evaluate(model, part.images, part.labels, batch_size=cfg.eval_batch_size, device=device,
+                                  classes=sets.classes, amp=amp)
+        results[split] = metrics
+        rows.append((split, part, probs))
+    _write_predictions(out_dir / PREDICTIONS_NAME, rows, sets.classes)
+    train_seconds = sum(r["train_seconds"] for r in history)
+    result = {
+        **results,
+        "best_epoch": stopper.best_epoch if cfg.restore_best else history[-1]["epoch"],
+        "epochs_run": len(history),
+        "stopped_early": stopper.stopped,
+        "train_real": sets.train_real,
+        "train_synthetic": sets.train_synthetic,
+        "seconds": sum(r["seconds"] for r in history) + time.perf_counter() - t0,
+        "train_images_per_second": sum(r["images"] for r in history) / max(train_seconds, 1e-9),
+        "classes": sets.classes,
+        "device": str(device),
+    }
+    write_json(out_dir / RESULT_NAME, result)
+    return result
+
+
+def _write_predictions(path: Path, rows: list[tuple[str, DeviceSet, np.ndarray]], classes: list[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["split", "id", "true_class", "pred_class", *[f"prob_{c}" for c in classes]])
+    for split, part, probs in rows:
+        for image_id, label, p in zip(part.ids, part.labels.tolist(), probs):
+            writer.writerow([split, image_id, classes[label], classes[int(p.argmax())], *[f"{v:.6f}" for v in p]])
+    write_text(path, buffer.getvalue())
+
+
+def _check_settings(cfg: ClassifierConfig) -> None:
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.image_size < 8:
+        raise UserError(f"image_size must be at least 8 pixels, got {cfg.image_size}")
+    if cfg.lr <= 0:
+        raise UserError(f"lr must be positive, got {cfg.lr}")
+    if cfg.samples_per_epoch is not None and cfg.samples_per_epoch < 1:
+        raise UserError("samples_per_epoch must be at least 1 (or null for the training-set size)")
+
+
+def _save_or_check_config(run: RunConfig, out_dir: Path) -> None:
+    """Write config.yaml; refuse to resume a folder whose run had other settings."""
+    path = out_dir / CONFIG_NAME
+    if path.is_file() and (out_dir / LAST_NAME).is_file():
+        previous = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if previous != to_dict(run):
+            raise UserError(f"{out_dir} holds a run with other settings; use a new --out folder or delete it")
+        return
+    save_config(run, path)
