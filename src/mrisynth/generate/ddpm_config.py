@@ -1,0 +1,105 @@
+"""Settings of the from-scratch DDPM backend: dataclasses with the defaults, presets as dicts of differences."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from mrisynth.config import to_dict
+from mrisynth.errors import UserError
+
+Device = Literal["auto", "cpu", "cuda"]
+Sampler = Literal["ddim", "dpm++"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Training a class-conditional pixel-space UNet on the train split of a prepared data folder."""
+
+    image_size: int = 64  # square, 32..256 (a multiple of 2 ** (len(channels) - 1))
+    fit: Literal["resize", "letterbox"] = "resize"
+    # UNet shape: one down/up block per entry; attention only at the lowest resolution (it is costly on a CPU).
+    channels: tuple[int, ...] = (32, 64, 128)
+    layers_per_block: int = 1
+    # Space-to-depth: the UNet sees (patch*patch, S/patch, S/patch); patch 2 makes a CPU model ~4x faster.
+    patch: int = 1
+    attention: bool = False
+    # Noise: a cosine schedule and v-prediction keep few-step samplers (10-20 steps) well behaved.
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
+    # Optimisation
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 2e-4
+    warmup_steps: int = 50  # linear warm-up, then constant (so `steps` can be raised and training resumed)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # ramped up from 0 early on, so a short run still has a usable EMA
+    p_uncond: float = 0.1  # label dropout: share of batches' labels replaced by "no class" for guidance
+    hflip: bool = True
+    seed: int = 0
+    device: Device = "auto"
+    compile: bool = False  # torch.compile the UNet (CUDA only; pays off on long runs)
+    # Bookkeeping
+    log_every: int = 10
+    checkpoint_every: int = 200
+    grid_every: int = 500  # a PNG grid (one row per class) from the EMA model; 0 = only at the end
+    grid_per_class: int = 8
+    grid_steps: int = 20
+
+
+@dataclasses.dataclass
+class SampleConfig:
+    """Drawing a labelled synthetic set from a trained DDPM generator."""
+
+    n_per_class: int = 100
+    classes: list[str] = dataclasses.field(default_factory=list)  # empty = every class
+    sampler: Sampler = "dpm++"
+    steps: int = 20
+    guidance: float = 2.0  # classifier-free guidance scale; 1.0 = conditional model alone (half the work)
+    batch_size: int = 64
+    seed: int = 0  # each image gets its own seed derived from (seed, class, index)
+    device: Device = "auto"
+
+
+TRAIN_PRESETS: dict[str, dict] = {
+    # Unit tests: a few steps of a toy UNet on 16 px images.
+    "tiny": {
+        "image_size": 16, "channels": [8, 16], "steps": 6, "batch_size": 4, "warmup_steps": 2,
+        "log_every": 1, "checkpoint_every": 3, "grid_every": 0, "grid_per_class": 2, "grid_steps": 2,
+    },
+    # `mrisynth demo` on 2 CPU cores: 64 px, about 3 minutes of training.
+    "demo": {
+        "image_size": 64, "patch": 2, "channels": [16, 32, 64], "steps": 1000, "batch_size": 16, "lr": 1e-3,
+        "warmup_steps": 20, "ema_decay": 0.99, "checkpoint_every": 100, "grid_every": 200, "grid_steps": 10,
+    },
+    # A GPU: 128 px (raise image_size to 256 for the full resolution).
+    "full": {
+        "image_size": 128, "channels": [64, 128, 256, 256], "layers_per_block": 2, "attention": True,
+        "steps": 30000, "batch_size": 64, "lr": 1e-4, "warmup_steps": 500, "ema_decay": 0.9995,
+        "checkpoint_every": 1000, "grid_every": 2500, "compile": True,
+    },
+}
+
+SAMPLE_PRESETS: dict[str, dict] = {
+    "fast": {"sampler": "dpm++", "steps": 10},
+    "quality": {"sampler": "ddim", "steps": 50},
+}
+
+
+def check_same_settings(saved_config: Path, cfg: object, *, may_change: tuple[str, ...]) -> None:
+    """Refuse to resume into a folder written with different settings (mixing them would give a chimera)."""
+    if not saved_config.is_file():
+        return
+    old = yaml.safe_load(saved_config.read_text(encoding="utf-8")) or {}
+    new = to_dict(cfg)
+    for key, value in new.items():
+        if key not in may_change and key in old and old[key] != value:
+            raise UserError(
+                f"{saved_config.parent} holds a run with {key}={old[key]!r}, not {value!r}; "
+                f"use a new --out folder, or the same settings to resume"
+            )

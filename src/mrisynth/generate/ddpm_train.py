@@ -1,0 +1,255 @@
+"""Training the class-conditional DDPM on the train split, with checkpoints that resume bit-for-bit on the CPU.
+
+    GEN/config.yaml          resolved TrainConfig
+    GEN/metrics.jsonl        loss curve (one line per `log_every` steps)
+    GEN/samples/*.png        preview grids from the EMA model, one row per class
+    GEN/checkpoint/          unet.safetensors, ema.safetensors, state.pt (optimizer, lr schedule, RNG, step)
+    GEN/unet/ GEN/scheduler/ the final EMA model and noise schedule (`save_pretrained` folders)
+    GEN/generator.json       {"backend": "ddpm", "data_dir", "classes", "image_size", "sha256"}
+
+All randomness of a step (batch indices, flips, label dropout, noise, timesteps) comes from one torch.Generator
+whose state is checkpointed, so "N steps straight" and "k steps, crash, resume to N" give identical weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from mrisynth.config import save_config
+from mrisynth.data.cache import load_cache
+from mrisynth.errors import UserError
+from mrisynth.files import append_jsonl, atomic_path, ensure_writable_dir, read_jsonl, sha256_dir, write_json
+from mrisynth.generate import GENERATOR_JSON
+from mrisynth.generate.ddpm_config import SampleConfig, TrainConfig, check_same_settings
+from mrisynth.generate.ddpm_model import (
+    autocast,
+    build_noise_scheduler,
+    build_sampler,
+    build_unet,
+    denoise,
+    ema_decay_at,
+    resolve_device,
+    save_grid,
+    seeded_noise,
+    to_model_space,
+    to_uint8_images,
+    update_ema,
+)
+from mrisynth.seeding import derive_seed, seed_everything
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+# Settings that may differ when a run is resumed: they change neither the model nor the random stream.
+_MAY_CHANGE = ("steps", "log_every", "checkpoint_every", "grid_every", "grid_per_class", "grid_steps", "device",
+               "compile")
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """The train split, resident on the training device."""
+
+    images: torch.Tensor  # (N, 1, S, S) uint8
+    labels: torch.Tensor  # (N,) int64
+    classes: list[str]
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything a checkpoint holds."""
+
+    unet: UNet2DModel
+    ema: UNet2DModel
+    optimizer: torch.optim.Optimizer
+    lr_schedule: torch.optim.lr_scheduler.LRScheduler
+    rng: torch.Generator
+    step: int = 0
+
+
+def load_training_data(data_dir: str | os.PathLike, cfg: TrainConfig, *, device: torch.device) -> TrainingData:
+    """The train split of a prepared data folder at `cfg.image_size`, as uint8 on `device` (1/4 of fp32 memory)."""
+    cache = load_cache(data_dir, cfg.image_size, fit=cfg.fit)
+    rows = cache.indices("train")
+    if len(rows) == 0:
+        raise UserError(f"{data_dir} has no images in the train split; run `mrisynth data prepare` with a split")
+    images = torch.from_numpy(np.ascontiguousarray(cache.images[rows]))[:, None]
+    labels = torch.from_numpy(cache.labels[rows])
+    return TrainingData(images=images.to(device), labels=labels.to(device), classes=cache.classes)
+
+
+def draw_batch(data: TrainingData, cfg: TrainConfig, *, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch: (B, 1, S, S) in [-1, 1], randomly flipped, and (B,) labels with some set to "no class"."""
+    device = data.images.device
+    idx = torch.randint(len(data.images), (cfg.batch_size,), generator=rng, device=device)
+    x = data.images[idx]
+    flip = torch.rand(cfg.batch_size, generator=rng, device=device) < (0.5 if cfg.hflip else 0.0)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    x = x.float() / 127.5 - 1.0
+    null_label = len(data.classes)
+    drop = torch.rand(cfg.batch_size, generator=rng, device=device) < cfg.p_uncond
+    labels = torch.where(drop, torch.full_like(data.labels[idx], null_label), data.labels[idx])
+    return x, labels
+
+
+def diffusion_loss(
+    model: torch.nn.Module,
+    noise_scheduler: DDPMScheduler,
+    x0: torch.Tensor,  # (B, 1, S, S) in [-1, 1]
+    labels: torch.Tensor,  # (B,)
+    *,
+    patch: int,
+    rng: torch.Generator,
+) -> torch.Tensor:
+    """MSE between the model's prediction and the true noise (or velocity) at a random timestep."""
+    x0 = to_model_space(x0, patch)  # (B, p*p, S/p, S/p)
+    noise = torch.randn(x0.shape, generator=rng, device=x0.device)
+    t = torch.randint(noise_scheduler.config.num_train_timesteps, (len(x0),), generator=rng, device=x0.device)
+    xt = noise_scheduler.add_noise(x0, noise, t)
+    target = noise if noise_scheduler.config.prediction_type == "epsilon" else noise_scheduler.get_velocity(x0, noise, t)
+    with autocast(x0.device):
+        pred = model(xt, t, class_labels=labels).sample
+    return F.mse_loss(pred.float(), target)
+
+
+def build_state(cfg: TrainConfig, n_classes: int, *, device: torch.device) -> TrainState:
+    """Fresh model, EMA copy, optimizer, warm-up schedule and random stream, all from `cfg.seed`."""
+    seed_everything(cfg.seed)
+    unet = build_unet(cfg, n_classes).to(device)
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(1, cfg.warmup_steps)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    rng = torch.Generator(device).manual_seed(cfg.seed)
+    return TrainState(unet=unet, ema=ema, optimizer=optimizer, lr_schedule=lr_schedule, rng=rng)
+
+
+def save_checkpoint(state: TrainState, path: Path, *, data_dir: str) -> None:
+    """Weights as safetensors, the rest with torch.save; written to a temporary folder, then renamed."""
+    with atomic_path(path, suffix="") as tmp:
+        tmp.mkdir()
+        save_file({k: v.contiguous() for k, v in state.unet.state_dict().items()}, tmp / "unet.safetensors")
+        save_file({k: v.contiguous() for k, v in state.ema.state_dict().items()}, tmp / "ema.safetensors")
+        torch.save({
+            "step": state.step,
+            "optimizer": state.optimizer.state_dict(),
+            "lr_schedule": state.lr_schedule.state_dict(),
+            "rng": state.rng.get_state(),
+            "data_dir": data_dir,
+        }, tmp / "state.pt")
+
+
+def load_checkpoint(state: TrainState, path: Path, *, data_dir: str) -> None:
+    """Restore `state` in place from `save_checkpoint` output (safe loading only)."""
+    extra = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    if extra["data_dir"] != data_dir:
+        raise UserError(f"{path} was trained on {extra['data_dir']}, not {data_dir}; use a new --out folder")
+    device = next(state.unet.parameters()).device
+    state.unet.load_state_dict(load_file(path / "unet.safetensors", device=str(device)))
+    state.ema.load_state_dict(load_file(path / "ema.safetensors", device=str(device)))
+    state.optimizer.load_state_dict(extra["optimizer"])
+    state.lr_schedule.load_state_dict(extra["lr_schedule"])
+    state.rng.set_state(extra["rng"])
+    state.step = int(extra["step"])
+
+
+def save_training_grid(ema: UNet2DModel, noise_scheduler: DDPMScheduler, cfg: TrainConfig, *, n_classes: int,
+                       path: Path) -> None:
+    """A preview PNG from the EMA model: one row per class, the same seeds every time (so grids compare)."""
+    per = cfg.grid_per_class
+    labels = torch.arange(n_classes).repeat_interleave(per)
+    noise = seeded_noise([derive_seed("ddpm-grid", i) for i in range(per)] * n_classes, cfg.image_size)
+    sampler = build_sampler("ddim", noise_scheduler.config)
+    x = denoise(ema, sampler, labels, noise, steps=cfg.grid_steps, guidance=SampleConfig.guidance)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_grid(to_uint8_images(x), tmp, rows=n_classes)
+
+
+def save_generator(state: TrainState, noise_scheduler: DDPMScheduler, cfg: TrainConfig, *, classes: list[str],
+                   data_dir: str, out: Path) -> None:
+    """The final EMA model and schedule as `save_pretrained` folders, then generator.json (written last)."""
+    with atomic_path(out / "unet", suffix="") as tmp:
+        state.ema.save_pretrained(tmp, safe_serialization=True)
+    with atomic_path(out / "scheduler", suffix="") as tmp:
+        noise_scheduler.save_pretrained(tmp)
+    write_json(out / GENERATOR_JSON, {
+        "backend": "ddpm", "data_dir": data_dir, "classes": classes, "image_size": cfg.image_size,
+        "steps": state.step, "sha256": sha256_dir(out / "unet"),
+    })
+
+
+def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Train (or resume training) a DDPM on the train split of `data_dir`; returns the generator folder."""
+    out = ensure_writable_dir(out_dir)
+    data_dir = str(Path(data_dir).resolve())
+    check_same_settings(out / "config.yaml", cfg, may_change=_MAY_CHANGE)
+    save_config(cfg, out / "config.yaml")
+    device = resolve_device(cfg.device)
+    data = load_training_data(data_dir, cfg, device=device)
+    n_classes = len(data.classes)
+    state = build_state(cfg, n_classes, device=device)
+    noise_scheduler = build_noise_scheduler(cfg)
+    metrics = out / "metrics.jsonl"
+    if (out / CHECKPOINT_DIR).is_dir():
+        load_checkpoint(state, out / CHECKPOINT_DIR, data_dir=data_dir)
+        log.info("resuming %s from step %d", out, state.step)
+        # Drop loss records written after the checkpoint: those steps are about to be redone.
+        kept = [r for r in read_jsonl(metrics) if r["step"] <= state.step]
+        with atomic_path(metrics) as tmp:
+            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    elif metrics.exists():
+        metrics.unlink()
+
+    model = state.unet
+    if device.type == "cuda":  # GPU fast path; the CPU path stays plain so it is bit-for-bit reproducible
+        model = model.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            model = torch.compile(model)
+    log.info("training on %d images, %d classes, %s, %d steps", len(data.images), n_classes, device, cfg.steps)
+    losses: list[torch.Tensor] = []
+    tick = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="ddpm train", unit="step")
+    while state.step < cfg.steps:
+        x0, labels = draw_batch(data, cfg, rng=state.rng)
+        loss = diffusion_loss(model, noise_scheduler, x0, labels, patch=cfg.patch, rng=state.rng)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(state.unet.parameters(), cfg.grad_clip)
+        state.optimizer.step()
+        state.lr_schedule.step()
+        update_ema(state.ema, state.unet, decay=ema_decay_at(state.step, cfg.ema_decay))
+        state.step += 1
+        losses.append(loss.detach())  # no .item() per step: it would stall the GPU queue
+        bar.update(1)
+        if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+            mean_loss = torch.stack(losses).mean().item()
+            now = time.perf_counter()
+            append_jsonl(metrics, {
+                "step": state.step, "loss": mean_loss, "lr": state.lr_schedule.get_last_lr()[0],
+                "images_per_s": len(losses) * cfg.batch_size / max(now - tick, 1e-9),
+            })
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            losses, tick = [], now
+        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+            save_checkpoint(state, out / CHECKPOINT_DIR, data_dir=data_dir)
+        if cfg.grid_every and state.step % cfg.grid_every == 0:
+            save_training_grid(state.ema, noise_scheduler, cfg, n_classes=n_classes,
+                               path=out / "samples" / f"step-{state.step:06d}.png")
+    bar.close()
+    save_training_grid(state.ema, noise_scheduler, cfg, n_classes=n_classes, path=out / "samples" / "final.png")
+    save_generator(state, noise_scheduler, cfg, classes=data.classes, data_dir=data_dir, out=out)
+    log.info("generator saved to %s", out)
+    return out
