@@ -1,0 +1,100 @@
+"""Stable Diffusion family (SD-Turbo by default) through diffusers: fine-tune on the train split, then sample.
+
+    run_train(TrainConfig(), data_dir="runs/x/data", out_dir="runs/x/generator")
+    run_sample("runs/x/generator", SampleConfig(n_per_class=100), out_dir="runs/x/synthetic")
+
+The work lives in sd_load.py (finding and loading the model, saving the result), sd_latents.py (the VAE and text
+encoder, run once), sd_train.py (the fine-tuning loop) and sd_sample.py (the denoising loop and the synthetic set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Literal
+
+DEFAULT_MODEL = "stabilityai/sd-turbo"
+DEFAULT_PROMPT = "a T1-weighted contrast-enhanced brain MRI slice showing {cls}"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Fine-tuning settings. Defaults follow the reference run: full UNet, AdamW 1e-5, batch 8, 256 px."""
+
+    model: str = DEFAULT_MODEL  # a Hugging Face id (read from the local cache only) or a local pipeline folder
+    mode: Literal["full", "lora"] = "full"
+    size: int = 256  # training resolution in pixels (images come from the packed cache at this size)
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 8
+    lr: float = 1e-5
+    weight_decay: float = 1e-2
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    lora_rank: int = 16
+    lora_alpha: int = 16
+    lora_targets: list[str] = dataclasses.field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    prompt_template: str = DEFAULT_PROMPT  # `{cls}` becomes the class name (underscores as spaces)
+    caption_dropout: float = 0.1  # share of steps' images trained with the empty prompt (for guidance)
+    flip: bool = True  # horizontal flips, cached as a second set of latents
+    gradient_checkpointing: bool = False
+    ema: bool = False  # keep an exponential moving average of the trained weights and save that
+    ema_decay: float = 0.999
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a GPU, fp32 on the CPU
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 250
+    sample_every: int = 500  # a grid PNG (one image per class) every N steps; 0 = never
+    device: str = "auto"
+
+
+@dataclasses.dataclass
+class SampleConfig:
+    """Sampling settings. `turbo` and `seed` presets below; defaults are the turbo preset."""
+
+    n_per_class: int = 100
+    mode: Literal["text2img", "img2img"] = "text2img"
+    steps: int = 1
+    guidance: float = 0.0  # classifier-free guidance scale; <= 1 turns guidance off (one UNet pass per step)
+    strength: float = 0.75  # img2img only: how much of the source image's noise schedule is replayed
+    scheduler: Literal["euler_ancestral", "euler", "ddim"] = "euler_ancestral"
+    timestep_spacing: Literal["trailing", "leading", "linspace"] = "trailing"
+    size: int | None = None  # PNG size in pixels; None = the training size
+    batch_size: int = 16
+    seed: int = 0  # each image's seed is derived from this, its class and its index (recorded per image)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 on a GPU, fp32 on the CPU
+    channels_last: bool = True  # GPU only
+    compile: bool = True  # GPU only: torch.compile the UNet and the VAE decoder
+    decode_batch: int = 0  # VAE decode batch size; 0 = the whole batch at once
+    device: str = "auto"
+
+
+TRAIN_PRESETS: dict[str, dict] = {
+    "full": {},
+    "lora": {"mode": "lora", "lr": 1e-4, "batch_size": 8},
+    # A CPU smoke run: a couple of steps at 32 px (use with a small model folder, e.g. the tests' tiny pipeline).
+    "tiny": {"mode": "lora", "lr": 1e-3, "size": 32, "steps": 2, "batch_size": 2, "checkpoint_every": 1,
+             "sample_every": 0, "log_every": 1},
+}
+
+SAMPLE_PRESETS: dict[str, dict] = {
+    "turbo": {"mode": "text2img", "steps": 1, "guidance": 0.0, "scheduler": "euler_ancestral",
+              "timestep_spacing": "trailing"},
+    # The reference protocol: img2img from a random training image of the same class.
+    "seed": {"mode": "img2img", "steps": 50, "guidance": 7.5, "strength": 0.75, "scheduler": "euler",
+             "timestep_spacing": "trailing"},
+}
+
+
+def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Fine-tune on the train split of `data_dir`; writes a generator folder to `out_dir` (see sd_train)."""
+    from mrisynth.generate.sd_train import train_sd
+
+    return train_sd(cfg, data_dir=data_dir, out_dir=out_dir)
+
+
+def run_sample(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | os.PathLike) -> Path:
+    """Write a synthetic set from a trained SD generator (see sd_sample)."""
+    from mrisynth.generate.sd_sample import sample_sd
+
+    return sample_sd(gen_dir, cfg, out_dir=out_dir)

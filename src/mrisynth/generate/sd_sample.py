@@ -1,0 +1,222 @@
+"""Sampling a trained SD generator: the denoising loop written out, batched, one seed (and generator) per image.
+
+Text-to-image (`turbo`: 1-4 Euler-ancestral steps on trailing timesteps, no guidance) or image-to-image (`seed`:
+a random training image of the same class, noised to `strength` and denoised with guidance). Each image's noise
+comes from its own `torch.Generator` seeded with the recorded seed, so any image can be regenerated alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mrisynth.config import save_config
+from mrisynth.data.cache import load_cache
+from mrisynth.data.images import fit_square
+from mrisynth.errors import UserError
+from mrisynth.generate import read_generator_info
+from mrisynth.generate.output import SyntheticWriter, synthetic_id
+from mrisynth.generate.sd import SampleConfig
+from mrisynth.generate.sd_latents import class_prompts, decode_latents, encode_images, encode_prompts
+from mrisynth.generate.sd_load import (
+    generator_checksum,
+    generator_parts,
+    load_generator_unet,
+    load_scheduler_config,
+    load_text_stack,
+    load_vae,
+    pick_device,
+)
+from mrisynth.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+_SCHEDULERS = {"euler_ancestral": "EulerAncestralDiscreteScheduler", "euler": "EulerDiscreteScheduler",
+               "ddim": "DDIMScheduler"}
+
+
+def build_scheduler(config: dict, *, name: str = "euler_ancestral", spacing: str = "trailing"):
+    """A sampling scheduler on the model's noise schedule (betas, prediction type), with the chosen spacing."""
+    import diffusers
+
+    cls = getattr(diffusers, _SCHEDULERS[name])
+    return cls.from_config(config, timestep_spacing=spacing)
+
+
+def initial_noise(seeds: Sequence[int], shape: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """(B, *shape) float32 CPU noise, image i from its own generator seeded seeds[i]; the generators continue."""
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
+    return noise, generators
+
+
+@torch.no_grad()
+def denoise(
+    unet,
+    scheduler,
+    noise: torch.Tensor,  # (B, C, h, w)
+    cond: torch.Tensor,  # (B, L, D) prompt embeddings
+    *,
+    steps: int,
+    generators: list[torch.Generator],
+    guidance: float = 0.0,
+    uncond: torch.Tensor | None = None,  # (B, L, D), needed when guidance > 1
+    init_latents: torch.Tensor | None = None,  # (B, C, h, w): image-to-image when given
+    strength: float = 1.0,
+) -> torch.Tensor:
+    """Run the reverse diffusion and return clean latents (B, C, h, w) in the UNet's dtype."""
+    device, dtype = cond.device, cond.dtype
+    scheduler.set_timesteps(steps, device=device)
+    timesteps = scheduler.timesteps
+    noise = noise.to(device, dtype)
+    if init_latents is None:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        # Skip the first (1 - strength) of the schedule and start from the source image noised to that level.
+        skip = min(max(steps - int(steps * strength), 0), steps - 1) * scheduler.order
+        timesteps = timesteps[skip:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(skip)
+        latents = scheduler.add_noise(init_latents.to(device, dtype), noise, timesteps[:1].repeat(len(noise)))
+    use_cfg = guidance > 1.0
+    if use_cfg:
+        if uncond is None:
+            raise ValueError("guidance > 1 needs unconditional embeddings")
+        cond = torch.cat([uncond, cond])
+    for t in timesteps:
+        x = torch.cat([latents, latents]) if use_cfg else latents
+        x = scheduler.scale_model_input(x, t)
+        eps = unet(x, t, encoder_hidden_states=cond, return_dict=False)[0]
+        if use_cfg:
+            eps_uncond, eps_cond = eps.chunk(2)
+            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+        latents = scheduler.step(eps, t, latents, generator=generators, return_dict=False)[0]
+    return latents
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """auto: fp16 on a GPU, fp32 on the CPU (half precision on the CPU is slow and not what anyone wants)."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision in ("fp16", "bf16") and device.type != "cuda":
+        raise UserError(f"precision={precision} needs a GPU; use --set precision=fp32 on the CPU")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def speed_up(unet, vae, cfg: SampleConfig, device: torch.device):
+    """GPU speed paths, each behind a flag: channels_last memory layout and torch.compile of UNet and decoder."""
+    if device.type != "cuda":
+        return unet, vae
+    if cfg.channels_last:
+        unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        unet = torch.compile(unet, fullgraph=True)
+        vae.decode = torch.compile(vae.decode)
+    return unet, vae
+
+
+def sample_sd(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | os.PathLike) -> Path:
+    """Write `cfg.n_per_class` images per class from the generator in `gen_dir` to `out_dir` (resumable)."""
+    info = read_generator_info(gen_dir)
+    _check(cfg)
+    device = pick_device(cfg.device)
+    dtype = resolve_dtype(cfg.precision, device)
+    classes = list(info["classes"])
+    writer = SyntheticWriter(out_dir, classes, generator_sha256=generator_checksum(gen_dir, info))
+    save_config(cfg, writer.out_dir / "config.yaml")
+    jobs = _plan(classes, cfg, writer.existing_ids())
+    if jobs:
+        _generate(jobs, gen_dir, info, cfg, writer, device=device, dtype=dtype)
+    return writer.finish().parent
+
+
+def _check(cfg: SampleConfig) -> None:
+    if cfg.n_per_class < 1 or cfg.steps < 1 or cfg.batch_size < 1:
+        raise UserError("n_per_class, steps and batch_size must be at least 1")
+    if cfg.mode == "img2img" and not 0.0 < cfg.strength <= 1.0:
+        raise UserError(f"strength must be in (0, 1] for img2img; got {cfg.strength}")
+
+
+def _plan(classes: list[str], cfg: SampleConfig, done: set[str]) -> list[tuple[int, str, int]]:
+    """(label, image id, seed) of every image still to make."""
+    jobs = []
+    for label, name in enumerate(classes):
+        for i in range(cfg.n_per_class):
+            image_id = synthetic_id(name, i)
+            if image_id not in done:
+                jobs.append((label, image_id, derive_seed("sd-sample", cfg.seed, name, i)))
+    return jobs
+
+
+def _generate(jobs, gen_dir, info: dict, cfg: SampleConfig, writer: SyntheticWriter, *,
+              device: torch.device, dtype: torch.dtype) -> None:
+    classes = list(info["classes"])
+    model_dir, _ = generator_parts(gen_dir, info)
+    prompts = class_prompts(info["prompt_template"], classes)
+    tokenizer, text_encoder = load_text_stack(model_dir)
+    embeds = encode_prompts(tokenizer, text_encoder, [*prompts, ""], device=device).to(device, dtype)  # (C+1, L, D)
+    del tokenizer, text_encoder
+    unet = load_generator_unet(gen_dir, info, dtype=dtype).to(device)
+    vae = load_vae(model_dir, dtype=dtype).to(device)
+    sources = _SourcePicker(info, vae, device) if cfg.mode == "img2img" else None
+    unet, vae = speed_up(unet, vae, cfg, device)
+    scheduler = build_scheduler(load_scheduler_config(model_dir), name=cfg.scheduler, spacing=cfg.timestep_spacing)
+    size = int(info["size"])
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    shape = (unet.config.in_channels, size // factor, size // factor)
+    out_size = cfg.size or size
+    # A compiled UNet recompiles for each new batch size: pad the last batch to the full size instead.
+    pad_to = cfg.batch_size if (device.type == "cuda" and cfg.compile) else 0
+    for start in tqdm(range(0, len(jobs), cfg.batch_size), desc="sample", unit="batch"):
+        batch = jobs[start:start + cfg.batch_size]
+        real = len(batch)
+        batch = batch + [batch[-1]] * max(0, pad_to - real)
+        labels = torch.tensor([b[0] for b in batch], device=device)
+        seeds = [b[2] for b in batch]
+        noise, generators = initial_noise(seeds, shape)
+        src_ids, init = (None, None)
+        if sources is not None:
+            src_ids, init = sources.pick(labels.tolist(), seeds)
+        latents = denoise(
+            unet, scheduler, noise, embeds[labels], steps=cfg.steps, generators=generators,
+            guidance=cfg.guidance, uncond=embeds[-1:].expand(len(batch), -1, -1), init_latents=init,
+            strength=cfg.strength if sources is not None else 1.0,
+        )
+        images = decode_latents(vae, latents[:real], batch_size=cfg.decode_batch)  # (B, H, W) uint8
+        for j, (label, image_id, seed) in enumerate(batch[:real]):
+            image = images[j] if out_size == size else fit_square(images[j], out_size)
+            writer.add(
+                image, image_id=image_id, class_name=classes[label], prompt=prompts[label], seed=seed,
+                steps=cfg.steps, guidance=cfg.guidance, strength=cfg.strength if sources is not None else None,
+                source_image_id=src_ids[j] if src_ids else "",
+            )
+
+
+class _SourcePicker:
+    """Image-to-image sources: a training image of the same class, drawn with the image's own seed."""
+
+    def __init__(self, info: dict, vae, device: torch.device) -> None:
+        data_dir = Path(info["data_dir"])
+        if not (data_dir / "manifest.csv").is_file():
+            raise UserError(f"img2img needs the training images, but {data_dir} (from generator.json) is gone")
+        cache = load_cache(data_dir, int(info["size"]))
+        self.cache, self.vae, self.device = cache, vae, device
+        train = cache.indices("train")
+        self.by_class = {c: train[cache.labels[train] == c] for c in range(len(cache.classes))}
+
+    def pick(self, labels: list[int], seeds: list[int]) -> tuple[list[str], torch.Tensor]:
+        rows = []
+        for label, seed in zip(labels, seeds, strict=True):
+            pool = self.by_class[label]
+            if len(pool) == 0:
+                raise UserError(f"no training image of class {self.cache.classes[label]} to start img2img from")
+            rows.append(int(pool[np.random.default_rng(seed).integers(len(pool))]))
+        latents = encode_images(self.vae, self.cache.images[rows], device=self.device, progress=False)
+        return [self.cache.records[r].id for r in rows], latents
