@@ -1,0 +1,299 @@
+"""`run_audit`: fidelity, diversity and memorisation of a synthetic set against the real training split.
+
+Writes into OUT:
+
+    quality.json              the dict returned by run_audit (structure below)
+    per_class_metrics.csv     one row per feature space x class (or "all") x comparison
+    diversity.csv             mean pairwise MS-SSIM per class, synthetic and real
+    nearest_neighbours.csv    per synthetic image: nearest training image by pixels and by each feature space
+    worst_pairs.png           the synthetic images most correlated with a training image, above that image
+    config.yaml               the resolved AuditConfig
+    features/<space>.npz      cached features (a rerun with the same images and settings reuses them)
+
+quality.json:
+
+    {"feature_spaces": {space: {
+         "overall":   M,                      synthetic vs train, all classes pooled
+         "per_class": {class: M},             synthetic vs train of that class
+         "real_vs_real": {                    the calibration: what "close" means for real images
+             "overall": M, "per_class": {class: M},           train half A vs train half B (patient-disjoint)
+             "synthetic_vs_half": {"overall": M, "per_class": {class: M}}}}},   synthetic (same n as B) vs half A
+     "diversity": {"image_size": int, "per_class": {class: {"synthetic": D, "real": D}}},
+     "memorisation": {"pixel": {...}, "features": {space: {...}}, "img2img": {...} | null,
+                      "patients_reproduced": [...], "worst_pairs": [...]},
+     "classes": [...], "counts": {"train": {class: n}, "heldout": n, "synthetic": {class: n}},
+     "warnings": ["..."]}
+
+    M = {"n_real", "n_synthetic", "dim", "fd", "fd_ci", "kid", "kid_ci", "precision", "recall", "density",
+         "coverage", "notes": [...]}   (a metric a set is too small for is absent and explained in notes;
+                                        a class without synthetic images has only the counts and a note)
+    D = {"msssim", "msssim_ci", "n_pairs"}   (higher = images more alike = less diverse)
+
+Lower FD/KID is closer; read them against real_vs_real.synthetic_vs_half, which compares at equal sample sizes
+(FD is biased upward at small n). Precision/recall/density/coverage near 1 for sets from one distribution.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mrisynth.config import save_config
+from mrisynth.data.cache import ImageCache, load_cache
+from mrisynth.errors import UserError
+from mrisynth.files import atomic_path, ensure_writable_dir, write_json, write_text
+from mrisynth.quality.distances import DistanceConfig, compare_sets
+from mrisynth.quality.diversity import mean_pairwise_msssim
+from mrisynth.quality.features import FeatureSpace, build_feature_spaces
+from mrisynth.quality.memorisation import MemorisationConfig, run_memorisation, save_pairs_grid
+from mrisynth.seeding import derive_seed, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class AuditConfig:
+    """Settings of `mrisynth audit`."""
+
+    image_size: int = 128  # images are read from the packed cache at this size
+    feature_spaces: list[str] = dataclasses.field(default_factory=lambda: ["stats", "classifier"])
+    inception_weights: str = ""  # torchvision inception_v3 state dict (.pth)
+    dinov2_dir: str = ""  # transformers DINOv2 folder (save_pretrained layout)
+    radimagenet_weights: str = ""  # torchvision-layout ResNet50 state dict
+    max_per_class: int = 1000  # images per class and set (synthetic, train) entering the audit; 0 = all
+    diversity_pairs: int = 500  # random pairs per class for MS-SSIM
+    seed: int = 0
+    distances: DistanceConfig = dataclasses.field(default_factory=DistanceConfig)
+    memorisation: MemorisationConfig = dataclasses.field(default_factory=MemorisationConfig)
+
+
+def run_audit(
+    cfg: AuditConfig,
+    *,
+    real_dir: str | os.PathLike,
+    synthetic_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    classifier_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Audit `synthetic_dir` against the train split of the prepared data folder `real_dir`; see the module doc."""
+    out = ensure_writable_dir(out_dir)
+    save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.seed)
+    rng = np.random.default_rng(derive_seed("audit", cfg.seed))
+    real = load_cache(real_dir, cfg.image_size)
+    syn = load_cache(synthetic_dir, cfg.image_size)
+    classes = list(real.classes)
+    unknown = sorted({r.class_name for r in syn.records} - set(classes))
+    if unknown:
+        raise UserError(f"synthetic class(es) {', '.join(unknown)} are not classes of {real_dir} "
+                        f"({', '.join(classes)}); audit a synthetic set made from this data")
+    train_idx = real.indices("train")
+    if len(train_idx) == 0:
+        raise UserError(f"{real_dir} has no train split; run `mrisynth data prepare` (which splits) first")
+    heldout_idx = real.indices("val")
+    warnings: list[str] = []
+    if len(heldout_idx) == 0:
+        warnings.append("no val split: the held-out real reference for memorisation is missing")
+
+    # The audited subsets: capped per class, in class order.
+    train_by_class = {c: _cap(_of_class(real, train_idx, c), cfg.max_per_class, rng) for c in classes}
+    syn_by_class = {c: _cap(_of_class(syn, syn.indices(), c), cfg.max_per_class, rng) for c in classes}
+    train_sel = np.concatenate([train_by_class[c] for c in classes])
+    syn_sel = np.concatenate([syn_by_class[c] for c in classes])
+    if len(syn_sel) == 0:
+        raise UserError(f"{synthetic_dir} holds no images; generate a synthetic set first")
+    for c in classes:
+        if len(syn_by_class[c]) == 0:
+            warnings.append(f"class '{c}' has no synthetic images: it has no fidelity or diversity figures")
+    half_a, half_b = patient_halves(real, train_sel, rng)
+
+    train_images = np.asarray(real.images[train_sel])  # (T, S, S) uint8
+    syn_images = np.asarray(syn.images[syn_sel])  # (F, S, S) uint8
+    heldout_images = np.asarray(real.images[heldout_idx])
+    train_labels = real.labels[train_sel]
+    # Synthetic labels follow the synthetic set's classes.json; map them to the real class order by name.
+    syn_class = np.array([syn.records[i].class_name for i in syn_sel])
+    label_of = {c: i for i, c in enumerate(classes)}
+    syn_labels = np.array([label_of[c] for c in syn_class], dtype=np.int64)
+
+    spaces, space_warnings = build_feature_spaces(
+        cfg.feature_spaces, classifier_dir=classifier_dir, inception_weights=cfg.inception_weights,
+        dinov2_dir=cfg.dinov2_dir, radimagenet_weights=cfg.radimagenet_weights)
+    warnings += space_warnings
+
+    result: dict = {"classes": classes, "feature_spaces": {}, "counts": {
+        "train": {c: int(len(train_by_class[c])) for c in classes}, "heldout": int(len(heldout_idx)),
+        "synthetic": {c: int(len(syn_by_class[c])) for c in classes}}}
+    feature_sets: dict[str, dict[str, np.ndarray]] = {}
+    metric_rows: list[dict] = []
+    for space in tqdm(spaces, desc="feature spaces", leave=False):
+        feats = _embed_all(space, out, cfg, train=train_images, synthetic=syn_images, heldout=heldout_images,
+                           ids=([real.records[i].id for i in train_sel], [syn.records[i].id for i in syn_sel],
+                                [real.records[i].id for i in heldout_idx]))
+        feature_sets[space.name] = feats
+        # Positions of half A / half B inside train_sel.
+        pos = {int(v): k for k, v in enumerate(train_sel)}
+        a_pos = np.array([pos[int(i)] for i in half_a], dtype=np.int64)
+        b_pos = np.array([pos[int(i)] for i in half_b], dtype=np.int64)
+        result["feature_spaces"][space.name] = _space_metrics(
+            space.name, feats, classes, train_labels=train_labels, syn_labels=syn_labels, a_pos=a_pos,
+            b_pos=b_pos, cfg=cfg, rng=rng, rows=metric_rows, warnings=warnings)
+
+    result["diversity"] = {"image_size": cfg.image_size, "per_class": {
+        c: {"synthetic": mean_pairwise_msssim(syn_images[syn_labels == k], n_pairs=cfg.diversity_pairs, rng=rng),
+            "real": mean_pairwise_msssim(train_images[train_labels == k], n_pairs=cfg.diversity_pairs, rng=rng)}
+        for k, c in enumerate(classes)}}
+
+    syn_records = [syn.records[i] for i in syn_sel]
+    train_records = [real.records[i] for i in train_sel]
+    memo, nn_rows, worst = run_memorisation(
+        synthetic=syn_images, synthetic_records=syn_records, train=train_images, train_records=train_records,
+        heldout=heldout_images, all_real_records=real.records, features=feature_sets, cfg=cfg.memorisation)
+    warnings += memo.pop("warnings")
+    result["memorisation"] = memo
+    result["warnings"] = warnings
+
+    _write_csv(out / "per_class_metrics.csv", metric_rows)
+    _write_csv(out / "diversity.csv", [
+        {"class": c, "set": s, **{k: v for k, v in d.items() if k != "msssim_ci"},
+         "msssim_lo": (d["msssim_ci"] or [None])[0], "msssim_hi": (d["msssim_ci"] or [None, None])[1]}
+        for c, sets in result["diversity"]["per_class"].items() for s, d in sets.items()])
+    _write_csv(out / "nearest_neighbours.csv", nn_rows)
+    save_pairs_grid(worst, syn_images, train_images, out / "worst_pairs.png",
+                    synthetic_ids=[r.id for r in syn_records], train_ids=[r.id for r in train_records])
+    write_json(out / "quality.json", result)
+    for w in warnings:
+        log.warning("%s", w)
+    return result
+
+
+def _of_class(cache: ImageCache, rows: np.ndarray, class_name: str) -> np.ndarray:
+    return np.array([i for i in rows if cache.records[i].class_name == class_name], dtype=np.int64)
+
+
+def _cap(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """At most `limit` rows (a seeded random subset, kept in manifest order); all when limit is 0."""
+    if limit <= 0 or len(rows) <= limit:
+        return rows
+    return np.sort(rng.choice(rows, limit, replace=False))
+
+
+def patient_halves(cache: ImageCache, rows: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split rows into two halves with no patient in both, balanced per class.
+
+    Adjacent slices of one patient are near-duplicates: halves sharing patients would look closer than any
+    two independent real samples, and the baseline would set the bar too low.
+    """
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i in rows:
+        rec = cache.records[int(i)]
+        groups.setdefault((rec.class_name, rec.patient_id or f"image:{rec.id}"), []).append(int(i))
+    halves: tuple[list[int], list[int]] = ([], [])
+    sizes: dict[tuple[str, int], int] = {}
+    keys = list(groups)
+    for k in rng.permutation(len(keys)):
+        class_name, _ = keys[k]
+        side = 0 if sizes.get((class_name, 0), 0) <= sizes.get((class_name, 1), 0) else 1
+        halves[side].extend(groups[keys[k]])
+        sizes[(class_name, side)] = sizes.get((class_name, side), 0) + len(groups[keys[k]])
+    return np.array(sorted(halves[0]), dtype=np.int64), np.array(sorted(halves[1]), dtype=np.int64)
+
+
+def _embed_all(
+    space: FeatureSpace, out: Path, cfg: AuditConfig, *, train: np.ndarray, synthetic: np.ndarray,
+    heldout: np.ndarray, ids: tuple[list[str], list[str], list[str]],
+) -> dict[str, np.ndarray]:
+    """Features of the three image sets, reusing OUT/features/<space>.npz when it holds the same images."""
+    path = out / "features" / f"{space.name}.npz"
+    key = repr((space.name, cfg.image_size, cfg.inception_weights, cfg.dinov2_dir, cfg.radimagenet_weights, ids))
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as cached:
+            if str(cached["key"]) == key:
+                log.info("reusing cached %s features from %s", space.name, path)
+                return _standardise(space, {k: cached[k] for k in ("train", "synthetic", "heldout")})
+    feats = {"train": space.embed(train), "synthetic": space.embed(synthetic),
+             "heldout": space.embed(heldout) if len(heldout) else np.zeros((0, 1))}
+    path.parent.mkdir(exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, key=np.array(key), **feats)
+    return _standardise(space, feats)
+
+
+def _standardise(space: FeatureSpace, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """z-score every set with the training set's mean and SD (for spaces with mixed units)."""
+    if not space.standardize:
+        return feats
+    mean, sd = feats["train"].mean(0), feats["train"].std(0) + 1e-8
+    return {k: (v - mean) / sd if v.shape[1] == len(mean) else v for k, v in feats.items()}
+
+
+def _space_metrics(
+    name: str, feats: dict[str, np.ndarray], classes: list[str], *, train_labels: np.ndarray,
+    syn_labels: np.ndarray, a_pos: np.ndarray, b_pos: np.ndarray, cfg: AuditConfig, rng: np.random.Generator,
+    rows: list[dict], warnings: list[str],
+) -> dict:
+    """Synthetic-vs-train and the real-vs-real calibration, overall and per class, in one feature space."""
+    train, syn = feats["train"], feats["synthetic"]
+    notes: dict[str, list[str]] = {}  # note -> where it applies, so each becomes one warning
+
+    def compare(real: np.ndarray, fake: np.ndarray, *, cls: str, comparison: str) -> dict:
+        m = compare_sets(real, fake, cfg.distances, rng=rng)
+        if len(fake) == 0:
+            m["notes"].append("no synthetic images in this class")
+        for note in m["notes"]:
+            notes.setdefault(note, []).append(f"{cls}/{comparison}")
+        rows.append({"space": name, "class": cls, "comparison": comparison,
+                     **{k: _flat(v) for k, v in m.items() if k not in ("fd_ci", "kid_ci", "notes")},
+                     "fd_lo": _ci(m, "fd_ci", 0), "fd_hi": _ci(m, "fd_ci", 1),
+                     "kid_lo": _ci(m, "kid_ci", 0), "kid_hi": _ci(m, "kid_ci", 1)})
+        return m
+
+    def same_size(fake: np.ndarray, n: int) -> np.ndarray:
+        return fake[np.sort(rng.choice(len(fake), n, replace=False))] if len(fake) > n else fake
+
+    a_labels, b_labels = train_labels[a_pos], train_labels[b_pos]
+    result: dict = {"overall": compare(train, syn, cls="all", comparison="synthetic_vs_train"), "per_class": {}}
+    rvr: dict = {"overall": compare(train[a_pos], train[b_pos], cls="all", comparison="real_half_vs_half"),
+                 "per_class": {}, "synthetic_vs_half": {"per_class": {}}}
+    rvr["synthetic_vs_half"]["overall"] = compare(train[a_pos], same_size(syn, len(b_pos)), cls="all",
+                                                  comparison="synthetic_vs_half")
+    for k, c in enumerate(classes):
+        real_c, syn_c = train[train_labels == k], syn[syn_labels == k]
+        result["per_class"][c] = compare(real_c, syn_c, cls=c, comparison="synthetic_vs_train")
+        half_a_c, half_b_c = train[a_pos][a_labels == k], train[b_pos][b_labels == k]
+        rvr["per_class"][c] = compare(half_a_c, half_b_c, cls=c, comparison="real_half_vs_half")
+        rvr["synthetic_vs_half"]["per_class"][c] = compare(half_a_c, same_size(syn_c, len(half_b_c)), cls=c,
+                                                           comparison="synthetic_vs_half")
+    result["real_vs_real"] = rvr
+    for note, where in notes.items():
+        shown = ", ".join(where[:4]) + (f" and {len(where) - 4} more" if len(where) > 4 else "")
+        warnings.append(f"feature space '{name}': {note} (in {shown})")
+    return result
+
+
+def _flat(value: object) -> object:
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def _ci(metrics: dict, key: str, side: int) -> float | None:
+    ci = metrics.get(key)
+    return round(ci[side], 6) if ci else None
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows as CSV (columns: union of keys in first-seen order), written atomically."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())

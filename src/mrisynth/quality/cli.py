@@ -1,0 +1,43 @@
+"""`mrisynth audit --real DIR --synthetic DIR --out AUDIT [--classifier RUN]`."""
+
+from __future__ import annotations
+
+import argparse
+
+from mrisynth.cliutil import add_config_args, config_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    audit = subparsers.add_parser(
+        "audit", help="audit a synthetic set: fidelity (FD/KID, precision/recall), diversity, memorisation")
+    audit.add_argument("--real", required=True, help="prepared data folder; its train split is the reference")
+    audit.add_argument("--synthetic", required=True, help="synthetic set folder (from `mrisynth generator sample`)")
+    audit.add_argument("--out", required=True, help="folder for quality.json, CSVs and figures")
+    audit.add_argument("--classifier", default=None,
+                       help="a real-only classifier run folder: its penultimate layer is the 'classifier' space")
+    add_config_args(audit)
+    audit.set_defaults(func=_audit)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from mrisynth.quality.audit import AuditConfig, run_audit
+
+    cfg = config_from_args(AuditConfig, args)
+    result = run_audit(cfg, real_dir=args.real, synthetic_dir=args.synthetic, out_dir=args.out,
+                       classifier_dir=args.classifier)
+    for space, metrics in result["feature_spaces"].items():
+        overall, baseline = metrics["overall"], metrics["real_vs_real"]["overall"]
+        print(f"{space}: FD {_num(overall.get('fd'))} (real vs real {_num(baseline.get('fd'))}), "
+              f"KID {_num(overall.get('kid'))}, precision {_num(overall.get('precision'))}, "
+              f"recall {_num(overall.get('recall'))}")
+    pixel = result["memorisation"]["pixel"]
+    print(f"memorisation: {pixel['n_above']} synthetic image(s) with pixel correlation >= {pixel['threshold']} "
+          f"to a training image; {len(result['memorisation']['patients_reproduced'])} patient(s) reproduced")
+    for warning in result["warnings"]:
+        print(f"warning: {warning}")
+    print(f"audit written to {args.out}/quality.json")
+    return 0
+
+
+def _num(value: object) -> str:
+    return "n/a" if value is None else f"{value:.4g}"

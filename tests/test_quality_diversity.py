@@ -1,0 +1,47 @@
+"""MS-SSIM and within-class diversity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mrisynth.quality.diversity import mean_pairwise_msssim, ms_ssim, msssim_scales
+
+
+def _smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, size // 4, size // 4, generator=g)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)  # (N, 1, S, S) in [0, 1]
+
+
+def test_scales_adapt_to_image_size() -> None:
+    assert msssim_scales(256) == (5, 11)
+    assert msssim_scales(64) == (3, 11)
+    assert msssim_scales(16) == (1, 11)
+    assert msssim_scales(8) == (1, 7)
+
+
+@pytest.mark.parametrize("size", [8, 32, 64])
+def test_msssim_identity_symmetry_and_degradation(size: int) -> None:
+    x = _smooth_images(4, size, 0)
+    y = _smooth_images(4, size, 1)
+    assert torch.allclose(ms_ssim(x, x), torch.ones(4), atol=1e-5)
+    assert torch.allclose(ms_ssim(x, y), ms_ssim(y, x), atol=1e-6)
+    noisy = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    slightly, unrelated = ms_ssim(x, noisy), ms_ssim(x, y)
+    assert (slightly > unrelated).all()
+    assert ((unrelated >= 0) & (unrelated <= 1)).all()
+
+
+def test_collapsed_set_is_less_diverse_than_varied_set() -> None:
+    varied = (_smooth_images(30, 32, 2)[:, 0].numpy() * 255).astype(np.uint8)
+    one = varied[:1].astype(int)
+    collapsed = np.clip(one + np.random.default_rng(0).integers(-3, 4, (30, 32, 32)), 0, 255).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    d_varied = mean_pairwise_msssim(varied, n_pairs=60, rng=rng)
+    d_collapsed = mean_pairwise_msssim(collapsed, n_pairs=60, rng=rng)
+    assert d_collapsed["msssim"] > 0.9 > d_varied["msssim"]
+    assert d_varied["msssim_ci"][0] <= d_varied["msssim"] <= d_varied["msssim_ci"][1]
+    assert mean_pairwise_msssim(varied[:1], n_pairs=10, rng=rng)["msssim"] is None
