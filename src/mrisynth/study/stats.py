@@ -1,0 +1,108 @@
+"""Statistics for comparing conditions: confidence intervals, paired tests, multiple-comparison correction.
+
+Everything is seeded (bootstrap resamples come from `numpy.random.default_rng(seed)`), so a report is
+reproducible. Inputs are per-image correctness arrays (bool, one per test image) aligned by image id.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats as sstats
+
+EXACT_BELOW = 25  # McNemar: exact binomial test when the discordant pairs are fewer than this
+
+
+def t_interval(values: Sequence[float], *, confidence: float = 0.95) -> dict:
+    """Mean and t-based confidence interval across runs (seeds); the interval is NaN for a single value."""
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    mean = float(x.mean()) if n else math.nan
+    if n < 2:
+        return {"mean": mean, "lo": math.nan, "hi": math.nan, "sd": math.nan, "n": n}
+    sd = float(x.std(ddof=1))
+    half = float(sstats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "sd": sd, "n": n}
+
+
+def bootstrap_ci(correct: np.ndarray, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """Accuracy of one trial and its percentile bootstrap interval over test images."""
+    c = np.asarray(correct, dtype=float)  # (N,) 1 = correct
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(c), size=(n_boot, len(c)))
+    boots = c[idx].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    return {"accuracy": float(c.mean()), "lo": float(np.percentile(boots, tail)),
+            "hi": float(np.percentile(boots, 100 - tail))}
+
+
+def paired_bootstrap(
+    correct_a: np.ndarray, correct_b: np.ndarray, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> dict:
+    """Accuracy difference b - a over the same test images, with its bootstrap interval and two-sided p.
+
+    Arrays may be (N,) for one seed or (S, N) for S seeds on the same N images: images are resampled
+    (the same resample for every seed), so seed pairs stay paired and image-to-image variation is what counts.
+    """
+    a = np.atleast_2d(np.asarray(correct_a, dtype=float))  # (S, N)
+    b = np.atleast_2d(np.asarray(correct_b, dtype=float))
+    if a.shape != b.shape:
+        raise ValueError(f"paired arrays differ in shape: {a.shape} vs {b.shape}")
+    per_image = (b - a).mean(axis=0)  # (N,) mean over seeds
+    diff = float(per_image.mean())
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(per_image), size=(n_boot, len(per_image)))
+    boots = per_image[idx].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    # Two-sided p: how often the resampled difference falls on the other side of zero (ties count half).
+    below = (np.sum(boots < 0) + 0.5 * np.sum(boots == 0)) / n_boot
+    above = (np.sum(boots > 0) + 0.5 * np.sum(boots == 0)) / n_boot
+    p = float(min(1.0, 2 * min(below, above)))
+    if np.all(per_image == 0):
+        p = 1.0
+    return {"diff": diff, "lo": float(np.percentile(boots, tail)), "hi": float(np.percentile(boots, 100 - tail)),
+            "p": p}
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """McNemar's test on paired predictions: exact binomial below EXACT_BELOW discordant pairs, else chi2 (cc).
+
+    Given (S, N) arrays (seeds x images) the discordant counts are summed over seeds (a stratified test:
+    each seed's pairs only ever compare with themselves).
+    """
+    a = np.asarray(correct_a, dtype=bool)
+    b = np.asarray(correct_b, dtype=bool)
+    only_a = int(np.sum(a & ~b))  # a right, b wrong
+    only_b = int(np.sum(~a & b))
+    n = only_a + only_b
+    if n == 0:
+        return {"only_a": 0, "only_b": 0, "p": 1.0, "method": "none (no discordant pairs)"}
+    if n < EXACT_BELOW:
+        p = float(sstats.binomtest(only_b, n, 0.5).pvalue)
+        return {"only_a": only_a, "only_b": only_b, "p": min(1.0, p), "method": "exact binomial"}
+    chi2 = (abs(only_a - only_b) - 1) ** 2 / n
+    return {"only_a": only_a, "only_b": only_b, "p": float(sstats.chi2.sf(chi2, 1)), "method": "chi2 (continuity)"}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given; monotone; capped at 1)."""
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (m - rank) * p[i])
+        adjusted[i] = min(1.0, running)
+    return adjusted.tolist()
+
+
+def verdict(diff: float, p_adjusted: float, *, alpha: float = 0.05) -> str:
+    """A plain reading of one comparison against real-only."""
+    if p_adjusted < alpha and diff > 0:
+        return "helps"
+    if p_adjusted < alpha and diff < 0:
+        return "hurts"
+    return "no detectable difference"

@@ -1,0 +1,239 @@
+"""Collect finished trials into one table and compare every condition with real-only.
+
+The best ratio is chosen on validation accuracy (mean over seeds and folds); the test set is only reported,
+never used to choose. Comparisons pair each trial with the real-only trial of the same seed and fold, on the
+same test images.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from mrisynth.data.manifest import MANIFEST_NAME, load_manifest
+from mrisynth.files import read_json
+from mrisynth.study import stats
+from mrisynth.study.conditions import build_conditions, build_trials
+from mrisynth.study.config import StudyConfig
+
+log = logging.getLogger(__name__)
+
+METRICS = ("accuracy", "f1_macro", "mcc", "auc_ovr")
+
+
+def load_trial_results(run: str | os.PathLike, cfg: StudyConfig) -> list[dict]:
+    """One dict per finished trial: its trial.json, result.json and test correctness by image id."""
+    run = Path(run)
+    out = []
+    for trial in build_trials(cfg):
+        d = run / "trials" / trial.name
+        if not (d / "result.json").is_file():
+            continue
+        result = read_json(d / "result.json")
+        out.append({
+            "trial": trial.name, "condition": trial.condition.name, "kind": trial.condition.kind,
+            "ratio": trial.condition.ratio, "seed": trial.seed, "fold": trial.fold, "dir": str(d),
+            "result": result, "info": read_json(d / "trial.json") if (d / "trial.json").is_file() else {},
+            "test_correct": read_test_correctness(d / "predictions.csv"),
+        })
+    return out
+
+
+def read_test_correctness(path: Path) -> dict[str, bool]:
+    """{image id: predicted class == true class} over the test rows of predictions.csv."""
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["id"]: row["pred_class"] == row["true_class"] for row in csv.DictReader(f)
+                if row.get("split", "test") == "test"}
+
+
+def results_rows(trials: list[dict], *, n_boot: int = 2000) -> list[dict]:
+    """The per-trial table written as results.csv (with a bootstrap CI of each trial's test accuracy)."""
+    rows = []
+    for t in trials:
+        res = t["result"]
+        row = {k: t[k] for k in ("trial", "condition", "kind", "ratio", "seed", "fold")}
+        row["train_real"] = res.get("train_real", t["info"].get("train_real"))
+        row["train_synthetic"] = res.get("train_synthetic", t["info"].get("train_synthetic"))
+        for split in ("val", "test"):
+            for m in METRICS:
+                row[f"{split}_{m}"] = (res.get(split) or {}).get(m)
+        correct = np.array(list(t["test_correct"].values()), dtype=bool)
+        if len(correct):
+            ci = stats.bootstrap_ci(correct, n_boot=n_boot, seed=_seed_of(t["trial"]))
+            row["test_accuracy_lo"], row["test_accuracy_hi"] = ci["lo"], ci["hi"]
+        row["best_epoch"], row["epochs_run"], row["seconds"] = (res.get(k) for k in ("best_epoch", "epochs_run", "seconds"))
+        rows.append(row)
+    return rows
+
+
+def summarize(run: str | os.PathLike, cfg: StudyConfig) -> dict:
+    """Everything the report shows, as one JSON-ready dict (see report/ for how it is drawn)."""
+    run = Path(run)
+    trials = load_trial_results(run, cfg)
+    by_condition: dict[str, list[dict]] = defaultdict(list)
+    for t in trials:
+        by_condition[t["condition"]].append(t)
+    baseline = by_condition.get("r0", [])
+    conditions = []
+    for c in build_conditions(cfg):
+        group = by_condition.get(c.name, [])
+        entry = {"name": c.name, "kind": c.kind, "ratio": c.ratio, "n_trials": len(group)}
+        for split in ("val", "test"):
+            for m in METRICS:
+                values = [(t["result"].get(split) or {}).get(m) for t in group]
+                values = [v for v in values if v is not None and not _isnan(v)]
+                entry[f"{split}_{m}"] = stats.t_interval(values)
+        entry["test_recall"] = _per_class_recall(group)
+        entry["train_synthetic"] = _first(group, "train_synthetic")
+        entry["train_real"] = _first(group, "train_real")
+        if c.name != "r0" and group and baseline:
+            entry["comparison"] = compare(baseline, group, n_boot=cfg.bootstrap, seed=_seed_of(c.name))
+        conditions.append(entry)
+    _apply_holm(conditions, alpha=cfg.alpha)
+    return {
+        "n_trials_done": len(trials),
+        "n_trials_total": len(build_trials(cfg)),
+        "conditions": conditions,
+        "best": choose_best(conditions),
+        "caveats": caveats(run, cfg),
+        "leakage": _read_optional(run / "data" / "audit" / "leakage.json"),
+        "audit": audit_headline(run / "quality" / "quality.json"),
+        "alpha": cfg.alpha,
+        "seeds": list(cfg.seeds),
+        "folds": cfg.folds,
+    }
+
+
+def compare(baseline: list[dict], group: list[dict], *, n_boot: int, seed: int) -> dict:
+    """Paired comparison of a condition with real-only over (seed, fold) pairs present in both."""
+    base = {(t["seed"], t["fold"]): t["test_correct"] for t in baseline}
+    pairs = [(base[(t["seed"], t["fold"])], t["test_correct"]) for t in group if (t["seed"], t["fold"]) in base]
+    if not pairs:
+        return {}
+    # Per seed, the test images of all its folds side by side: each real image appears once per seed.
+    per_seed: dict[int, tuple[list[bool], list[bool]]] = defaultdict(lambda: ([], []))
+    for t in group:
+        key = (t["seed"], t["fold"])
+        if key not in base:
+            continue
+        ids = sorted(set(base[key]) & set(t["test_correct"]))
+        per_seed[t["seed"]][0].extend(base[key][i] for i in ids)
+        per_seed[t["seed"]][1].extend(t["test_correct"][i] for i in ids)
+    lengths = {len(a) for a, _ in per_seed.values()}
+    size = max(lengths)
+    usable = [v for v in per_seed.values() if len(v[0]) == size]  # seeds missing a fold are left out
+    a = np.array([v[0] for v in usable], dtype=bool)  # (S, N)
+    b = np.array([v[1] for v in usable], dtype=bool)
+    boot = stats.paired_bootstrap(a, b, n_boot=n_boot, seed=seed)
+    mc = stats.mcnemar(a, b)
+    return {"diff": boot["diff"], "lo": boot["lo"], "hi": boot["hi"], "p_bootstrap": boot["p"],
+            "mcnemar": mc, "p": mc["p"], "n_seeds": len(usable), "n_images": size}
+
+
+def _apply_holm(conditions: list[dict], *, alpha: float) -> None:
+    """Holm across all conditions compared with real-only (the McNemar p is the test of record)."""
+    compared = [c for c in conditions if c.get("comparison")]
+    adjusted = stats.holm([c["comparison"]["p"] for c in compared])
+    for c, p in zip(compared, adjusted):
+        c["comparison"]["p_holm"] = p
+        c["comparison"]["verdict"] = stats.verdict(c["comparison"]["diff"], p, alpha=alpha)
+
+
+def choose_best(conditions: list[dict]) -> dict | None:
+    """The ratio with the highest mean validation accuracy (ties: the smaller ratio); controls excluded."""
+    ladder = [c for c in conditions if c["kind"] == "ratio" and c["n_trials"] and not _isnan(c["val_accuracy"]["mean"])]
+    if not ladder:
+        return None
+    best = max(ladder, key=lambda c: (round(c["val_accuracy"]["mean"], 12), -c["ratio"]))
+    comparison = best.get("comparison") or {}
+    return {"condition": best["name"], "ratio": best["ratio"], "val_accuracy": best["val_accuracy"],
+            "test_accuracy": best["test_accuracy"], "verdict": comparison.get("verdict", "baseline"),
+            "diff_vs_real_only": comparison.get("diff")}
+
+
+def caveats(run: Path, cfg: StudyConfig) -> list[str]:
+    """Protocol limits a reader must know, measured from the run where possible."""
+    notes = []
+    if len(cfg.seeds) < 2:
+        notes.append("One seed per condition: the spread across training runs is not measured, so the "
+                     "per-condition intervals are missing and small differences may be noise.")
+    data_dir = _data_dir(run)
+    if cfg.folds == 0 and data_dir is not None:
+        records = load_manifest(data_dir)
+        train_p = {r.patient_id for r in records if r.split == "train" and r.patient_id}
+        test_p = {r.patient_id for r in records if r.split == "test" and r.patient_id}
+        shared = test_p & train_p
+        if shared:
+            notes.append(f"The split is not patient-wise: {len(shared)} of {len(test_p)} test patients also have "
+                         "slices in the training set, so adjacent near-duplicate slices inflate test accuracy.")
+    notes.append("The best ratio is chosen on validation accuracy; the test set is reported, never used to choose.")
+    notes.append("Verdicts use McNemar's test against real-only (discordant pairs summed over seeds), "
+                 f"Holm-corrected across conditions at alpha={cfg.alpha}.")
+    return notes
+
+
+def audit_headline(path: Path) -> dict | None:
+    """The numbers of quality.json worth a headline: its top-level and one-level-nested scalars."""
+    data = _read_optional(path)
+    if not isinstance(data, dict):
+        return None
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = value
+        elif isinstance(value, dict):
+            for sub, v in value.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{key}.{sub}"] = v
+    return out
+
+
+def _data_dir(run: Path) -> Path | None:
+    if (run / "data" / MANIFEST_NAME).is_file():
+        return run / "data"
+    if (run / "data.json").is_file():
+        return Path(read_json(run / "data.json")["manifest"])
+    return None
+
+
+def _per_class_recall(group: list[dict]) -> dict[str, float]:
+    values: dict[str, list[float]] = defaultdict(list)
+    for t in group:
+        for cls, m in ((t["result"].get("test") or {}).get("per_class") or {}).items():
+            if m.get("recall") is not None:
+                values[cls].append(float(m["recall"]))
+    return {cls: float(np.mean(v)) for cls, v in sorted(values.items())}
+
+
+def _first(group: list[dict], key: str) -> int | None:
+    for t in group:
+        value = t["result"].get(key, t["info"].get(key))
+        if value is not None:
+            return value
+    return None
+
+
+def _read_optional(path: Path) -> dict | None:
+    try:
+        return read_json(path) if path.is_file() else None
+    except Exception:  # a corrupt optional file must not stop the report; say so in the log
+        log.warning("could not read %s; left out of the report", path)
+        return None
+
+
+def _seed_of(name: str) -> int:
+    from mrisynth.seeding import derive_seed
+
+    return derive_seed("bootstrap", name)
+
+
+def _isnan(x: object) -> bool:
+    return isinstance(x, float) and math.isnan(x)

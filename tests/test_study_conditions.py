@@ -1,0 +1,91 @@
+"""Ratio ladder -> training sets: exact counts per class, nesting across ratios, controls, trial order."""
+
+from __future__ import annotations
+
+import pytest
+
+from mrisynth.config import load_config
+from mrisynth.data.manifest import ImageRecord
+from mrisynth.errors import UserError
+from mrisynth.study import StudyConfig
+from mrisynth.study import conditions as cond
+
+REAL = {"glioma": 998, "meningioma": 496, "pituitary": 650}  # the reference train split (2,144 images)
+
+
+def _records(counts: dict[str, int], *, prefix: str) -> list[ImageRecord]:
+    return [ImageRecord(id=f"{prefix}-{c}-{i}", path="x.png", class_name=c, label=k, split="train")
+            for k, (c, n) in enumerate(counts.items()) for i in range(n)]
+
+
+def test_proportional_counts_are_round_half_up_per_class():
+    assert cond.synthetic_counts(REAL, 0.25) == {"glioma": 250, "meningioma": 124, "pituitary": 163}  # 249.5 -> 250
+    assert cond.synthetic_counts(REAL, 4) == {"glioma": 3992, "meningioma": 1984, "pituitary": 2600}
+    assert cond.synthetic_counts(REAL, 0) == {"glioma": 0, "meningioma": 0, "pituitary": 0}
+
+
+def test_balanced_counts_split_the_total_equally():
+    # 0.5 x 2144 = 1072 over 3 classes -> 357.33 -> 357 each
+    assert cond.synthetic_counts(REAL, 0.5, allocation="balanced") == {c: 357 for c in REAL}
+
+
+@pytest.mark.parametrize("allocation", ["proportional", "balanced"])
+def test_subsets_are_nested_and_exact_across_the_ladder(allocation):
+    cfg = StudyConfig(allocation=allocation)
+    real = {"a": 7, "b": 13, "c": 4}
+    real_train = _records(real, prefix="real")
+    pool = _records({c: cond.pool_size_per_class(cfg, real) for c in real}, prefix="syn")
+    order = cond.pool_order(pool)
+    previous: set[str] = set()
+    for c in cond.build_conditions(cfg):
+        tset = cond.build_training_set(c, real_train, order, cfg=cfg)
+        chosen = set(tset.synthetic_ids)
+        assert previous <= chosen, f"{c.name} does not contain the smaller ratio's images"
+        per_class = {k: sum(i.startswith(f"syn-{k}-") for i in chosen) for k in real}
+        assert per_class == cond.synthetic_counts(real, c.ratio, allocation=allocation)
+        assert len(tset.real_ids) == 24  # every real training image, in every ratio condition
+        previous = chosen
+
+
+def test_pool_size_covers_the_largest_condition_and_respects_the_minimum():
+    cfg = StudyConfig()
+    assert cond.pool_size_per_class(cfg, REAL) == 4990  # 5 x 998 glioma
+    assert cond.pool_size_per_class(load_config(StudyConfig, "seed"), REAL) == 5000
+
+
+def test_pool_order_is_fixed_and_shuffled():
+    pool = _records({"a": 50}, prefix="syn")
+    first, again = cond.pool_order(pool), cond.pool_order(list(reversed(pool)))
+    assert first == again
+    assert first["a"] != sorted(first["a"])
+
+
+def test_controls_train_on_what_they_claim():
+    cfg = StudyConfig(ratios=[0, 1], controls=["synthetic-only", "real-oversampled", "augment-only"],
+                      control_ratios=[2])
+    real = {"a": 5, "b": 3}
+    real_train = _records(real, prefix="real")
+    order = cond.pool_order(_records({"a": 10, "b": 6}, prefix="syn"))
+    by_name = {c.name: cond.build_training_set(c, real_train, order, cfg=cfg) for c in cond.build_conditions(cfg)}
+    assert set(by_name) == {"r0", "r1", "synthetic-only-r2", "real-oversampled-r2", "augment-only-r2"}
+    syn_only = by_name["synthetic-only-r2"]
+    assert syn_only.real_ids == [] and len(syn_only.synthetic_ids) == 16
+    over = by_name["real-oversampled-r2"]
+    assert over.synthetic_ids == [] and len(over.real_ids) == 8 and over.samples_per_epoch == 24
+    aug = by_name["augment-only-r2"]
+    assert aug.samples_per_epoch == 24 and aug.classifier_overrides["augment"]["rotation_deg"] == 30.0
+    assert by_name["r1"].samples_per_epoch is None
+
+
+def test_trial_order_is_fold_seed_condition_and_names_are_stable():
+    cfg = StudyConfig(ratios=[0, 1], seeds=[3, 4], folds=3)
+    names = [t.name for t in cond.build_trials(cfg)]
+    assert names[:4] == ["r0-s3-f0", "r1-s3-f0", "r0-s4-f0", "r1-s4-f0"]
+    assert len(names) == 12 and len(set(names)) == 12
+
+
+@pytest.mark.parametrize("bad", [{"ratios": [1, 2]}, {"seeds": []}, {"folds": 2}, {"controls": ["nope"]},
+                                 {"ratios": [-1, 0]}])
+def test_bad_settings_are_user_errors(bad):
+    with pytest.raises(UserError):
+        StudyConfig(**bad)
