@@ -123,8 +123,11 @@ def download_file(url: str, dest: Path, *, size: int | None = None, sha256: str 
         raise UserError(f"cannot download {url} ({reason}): check the internet connection or give a mirror "
                         "with --base-url; run the same command again to resume") from exc
     got = part.stat().st_size
-    if size is not None and got != size:
-        raise UserError(f"{dest.name}: got {got} bytes, expected {size}; run the same command again to resume")
+    if size is not None and got > size:
+        part.unlink()  # not the file we expect: resuming it could never succeed
+        raise UserError(f"{dest.name}: got {got} bytes, expected {size} (removed); check --base-url")
+    if size is not None and got < size:
+        raise UserError(f"{dest.name}: got {got} of {size} bytes; run the same command again to resume")
     if sha256 is not None and sha256_file(part) != sha256:
         part.unlink()
         raise UserError(f"{dest.name}: checksum mismatch (file removed); run the same command again")
