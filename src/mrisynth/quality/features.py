@@ -190,7 +190,11 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _load_backbone(model: nn.Module, state: dict, path: Path, space: str) -> nn.Module:
     """Load weights into `model`, ignoring its classification head; mismatches are a UserError."""
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "AuxLogits."))}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches are raised, not returned
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
+        raise UserError(f"{path} does not fit the {space} network ({detail}); give the matching state dict") from exc
     missing = [k for k in missing if not k.startswith(("fc.", "AuxLogits."))]
     if missing or unexpected:
         key = (missing or unexpected)[0]
@@ -202,9 +206,9 @@ def _load_backbone(model: nn.Module, state: dict, path: Path, space: str) -> nn.
 
 def load_inception_space(weights: str) -> FeatureSpace:
     """Inception-v3 pool features (2048-d, 299 px) from a local torchvision state dict."""
+    path = _require_file(weights, "inception", "inception_weights")
     from torchvision.models import inception_v3
 
-    path = _require_file(weights, "inception", "inception_weights")
     model = inception_v3(weights=None, aux_logits=True, init_weights=False)
     model = _load_backbone(model, _load_state_dict(path), path, "inception")
     return FeatureSpace("inception", lambda images: embed_with_module(model, images, input_size=299, rgb=True))
@@ -212,18 +216,18 @@ def load_inception_space(weights: str) -> FeatureSpace:
 
 def load_radimagenet_space(weights: str) -> FeatureSpace:
     """RadImageNet ResNet50 pool features (2048-d, 224 px) from a local torchvision-layout state dict."""
+    path = _require_file(weights, "radimagenet", "radimagenet_weights")
     from torchvision.models import resnet50
 
-    path = _require_file(weights, "radimagenet", "radimagenet_weights")
     model = _load_backbone(resnet50(weights=None), _load_state_dict(path), path, "radimagenet")
     return FeatureSpace("radimagenet", lambda images: embed_with_module(model, images, input_size=224, rgb=True))
 
 
 def load_dinov2_space(model_dir: str) -> FeatureSpace:
     """DINOv2 CLS embeddings from a local transformers folder (never downloads, never runs remote code)."""
-    from transformers import Dinov2Model
-
     path = _require_file(model_dir, "dinov2", "dinov2_dir")
+    from transformers import Dinov2Model  # imported late: transformers takes seconds to import
+
     try:
         model = Dinov2Model.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
