@@ -106,12 +106,17 @@ def _fake_fit(rec: Recorder):
     return fit
 
 
-@pytest.fixture
-def fakes(monkeypatch) -> Recorder:
+def install_fakes(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    """Replace the generator backends and the classifier's fit with the fakes above (undone after the test)."""
     rec = Recorder()
     monkeypatch.setattr("mrisynth.generate.backend_module", lambda name: _fake_backend(rec))
     monkeypatch.setattr("mrisynth.classify.fit", _fake_fit(rec))
     return rec
+
+
+@pytest.fixture
+def fakes(monkeypatch) -> Recorder:
+    return install_fakes(monkeypatch)
 
 
 def small_config(data_dir: Path, **changes) -> StudyConfig:

@@ -1,0 +1,85 @@
+"""The report: files exist, the HTML is self-contained and parses, the Markdown and CSV hold every trial."""
+
+from __future__ import annotations
+
+import base64
+import csv
+from html.parser import HTMLParser
+
+import pytest
+
+from mrisynth.files import read_json
+from mrisynth.report import run_report
+from mrisynth.report.markdown import VERDICT_HEADER, text_table, verdict_rows
+from mrisynth.study import run_study
+from test_study_runner import install_fakes, small_config
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    return install_fakes(monkeypatch)
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.links: list[str] = []
+        self.tables = 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag in ("script", "link") or (tag == "a" and "href" in attrs):
+            self.links.append(tag)
+        self.tables += tag == "table"
+
+
+def test_report_files_figures_and_tables(tiny_manifest_dir, tmp_path, fakes):
+    run = tmp_path / "run"
+    run_study(small_config(tiny_manifest_dir), run, make_report=False)
+    out = run_report(run)
+    page = (out / "index.html").read_text()
+    parser = _Collector()
+    parser.feed(page)
+    parser.close()
+    assert parser.links == []  # nothing to fetch: opens offline
+    assert len(parser.images) >= 4 and all(s.startswith("data:image/png;base64,") for s in parser.images)
+    for src in parser.images:
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert parser.tables >= 1 and "no detectable difference" in page or "helps" in page
+    assert len(list((out / "figures").glob("*.png"))) == len(parser.images)
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and {"test_accuracy", "test_accuracy_lo", "val_accuracy"} <= set(rows[0])
+    md = (out / "report.md").read_text()
+    assert "## Verdicts" in md and "r0.5" in md and "figures/" in md
+    summary = read_json(out / "summary.json")
+    assert summary["n_trials_done"] == summary["n_trials_total"] == 8
+    assert summary["best"]["condition"] in {"r0", "r0.5", "r1", "r2"}
+    assert any("patient" in c or "validation" in c for c in summary["caveats"])
+
+
+def test_report_merges_whatever_is_done(tiny_manifest_dir, tmp_path, fakes):
+    run = tmp_path / "run"
+    run_study(small_config(tiny_manifest_dir), run, shard=(0, 2))  # half the trials
+    out = run_report(run)
+    summary = read_json(out / "summary.json")
+    assert summary["n_trials_done"] == 4 and summary["n_trials_total"] == 8
+    table = text_table(VERDICT_HEADER, verdict_rows(summary))
+    assert table.splitlines()[0].startswith("condition") and len(table.splitlines()) == 2 + 4
+
+
+def test_leakage_caveat_when_patients_cross_splits(tiny_manifest_dir, tmp_path, fakes):
+    from mrisynth.data.manifest import load_manifest, save_manifest
+
+    records = load_manifest(tiny_manifest_dir)
+    for r in records:  # one test slice per class moved to a training patient: an image-level split's leak
+        if r.split == "test" and r.id.endswith("-3-0"):
+            r.patient_id = r.patient_id[:-1] + "0"
+    save_manifest(records, tiny_manifest_dir / "manifest.csv")
+    run = tmp_path / "run"
+    run_study(small_config(tiny_manifest_dir, seeds=[0], ratios=[0, 1]), run)
+    summary = read_json(run / "report" / "summary.json")
+    assert any("3 of 6 test patients" in c for c in summary["caveats"])
