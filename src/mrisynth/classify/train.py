@@ -24,17 +24,9 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
+from mrisynth.checkpoint import capture_rng, load_state, restore_rng, save_state
 from mrisynth.classify.augment import augment_batch, to_unit_float
-from mrisynth.classify.checkpoint import (
-    BEST_NAME,
-    LAST_NAME,
-    load_training_state,
-    load_weights,
-    rng_state,
-    save_training_state,
-    save_weights,
-    set_rng_state,
-)
+from mrisynth.classify.checkpoint import LAST_NAME, load_best, model_state, save_best
 from mrisynth.classify.config import AugmentConfig, ClassifierConfig
 from mrisynth.classify.data import DeviceSet, TrainData, epoch_order, load_train_data
 from mrisynth.classify.metrics import classification_metrics
@@ -235,14 +227,14 @@ def fit(
 
     start_epoch = 0
     if (out_dir / LAST_NAME).is_file():
-        state = load_training_state(out_dir / LAST_NAME)
+        state = load_state(out_dir / LAST_NAME)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         stopper = EarlyStopping(**state["early_stopping"])
         history = list(state["history"])
-        set_rng_state(state["rng"])
+        restore_rng(state["rng"])
         start_epoch = state["epoch"] + 1
         log.info("resuming %s after epoch %d", out_dir, state["epoch"])
     # metrics.jsonl mirrors the checkpointed history (a crash between the two writes leaves no stray line)
@@ -270,15 +262,15 @@ def fit(
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(val["loss"])
         if stopper.update(val["loss"], epoch):
-            save_weights(model, out_dir / BEST_NAME, classes=sets.classes, model_name=cfg.model)
+            save_best(model, out_dir, classes=sets.classes)
         record = {"epoch": epoch, **stats, "val_loss": val["loss"], "val_acc": val["accuracy"], "lr": lr,
                   "seconds": time.perf_counter() - t0}
         history.append(record)
-        save_training_state(out_dir / LAST_NAME, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        save_state({
+            "model": model_state(model), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "early_stopping": dataclasses.asdict(stopper), "history": history, "rng": rng_state(), "epoch": epoch,
-        })
+            "early_stopping": dataclasses.asdict(stopper), "history": history, "rng": capture_rng(), "epoch": epoch,
+        }, out_dir / LAST_NAME)
         append_jsonl(out_dir / METRICS_NAME, record)
         log.info("epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f", epoch + 1, stats["train_loss"],
                  stats["train_acc"], val["loss"], val["accuracy"])
@@ -292,9 +284,12 @@ def _finish(model, cfg, sets, out_dir: Path, *, history, stopper, device, amp) -
     """Evaluate the kept weights on val and test, write predictions.csv and result.json."""
     t0 = time.perf_counter()
     if cfg.restore_best:
-        load_weights(model, out_dir / BEST_NAME)
+        if stopper.best_epoch < 0:
+            raise UserError(f"no epoch of {out_dir} reached a finite validation loss (training diverged); "
+                            "lower lr and use a new --out")
+        load_best(model, out_dir)
     else:
-        save_weights(model, out_dir / BEST_NAME, classes=sets.classes, model_name=cfg.model)
+        save_best(model, out_dir, classes=sets.classes)
     rows, results = [], {}
     for split, part in (("test", sets.test), ("val", sets.val)):
         metrics, probs = evaluate(model, part.images, part.labels, batch_size=cfg.eval_batch_size, device=device,
