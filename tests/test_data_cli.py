@@ -158,3 +158,19 @@ def test_figshare_prepare_numbers(figshare_dir, tmp_path, capsys):
                  "--out", str(ref)]) == 0
     counts = {s: sum(r.split == s for r in load_manifest(ref)) for s in ("train", "val", "test")}
     assert counts == {"train": 2144, "val": 612, "test": 308}
+
+
+def test_auto_split_keeps_the_splits_of_a_split_tree(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    src = tmp_path / "Training_Dataset"
+    for split in ("train", "val", "test"):
+        for name in ("glioma", "pituitary_tumor"):
+            path = src / split / name / f"{split}_{name}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (30, 26), dtype=np.uint8)).save(path)
+    assert main(["data", "prepare", str(src), "--out", str(tmp_path / "d")]) == 0
+    records = load_manifest(tmp_path / "d")
+    assert {(r.id, r.split) for r in records} == {
+        (f"{s}_{n}", s) for s in ("train", "val", "test") for n in ("glioma", "pituitary_tumor")
+    }
+    assert {r.class_name for r in records} == {"glioma", "pituitary"}

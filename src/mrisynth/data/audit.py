@@ -55,7 +55,7 @@ def run_leakage_audit(
 
     spanning = patients_across_splits(records, group_trailing_letter=group_trailing_letter)
     vectors = normalised_thumbnails(np.asarray(cache.images))
-    pairs = near_duplicate_pairs(records, vectors, threshold=threshold)
+    pairs = near_duplicate_pairs(records, vectors, threshold=threshold, group_trailing_letter=group_trailing_letter)
     nearest = nearest_train_correlation(records, vectors)
 
     by_pair = {f"{a}-{b}": sum(1 for p in pairs if {p["split_a"], p["split_b"]} == {a, b}) for a, b in _SPLIT_PAIRS}
@@ -111,9 +111,15 @@ def normalised_thumbnails(images: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-6)  # a flat image gets correlation 0 with everything
 
 
-def near_duplicate_pairs(records: list[ImageRecord], vectors: np.ndarray, *, threshold: float) -> list[dict]:
-    """Pairs of images in different splits whose thumbnail correlation is >= threshold, highest first."""
+def near_duplicate_pairs(
+    records: list[ImageRecord], vectors: np.ndarray, *, threshold: float, group_trailing_letter: bool = False
+) -> list[dict]:
+    """Pairs of images in different splits whose thumbnail correlation is >= threshold, highest first.
+
+    vectors: (N, D) rows from `normalised_thumbnails`, in the order of `records`.
+    """
     index = _split_index(records)
+    person = [patient_key(r.patient_id, group_trailing_letter=group_trailing_letter) for r in records]
     pairs = []
     for a, b in _SPLIT_PAIRS:
         ia, ib = index.get(a), index.get(b)
@@ -124,10 +130,11 @@ def near_duplicate_pairs(records: list[ImageRecord], vectors: np.ndarray, *, thr
             corr = vectors[rows] @ vectors[ib].T  # (chunk, n_b)
             for r, c in zip(*np.nonzero(corr >= threshold)):
                 ra, rb = records[rows[r]], records[ib[c]]
+                same = bool(ra.patient_id) and person[rows[r]] == person[ib[c]]
                 pairs.append({
                     "id_a": ra.id, "split_a": a, "id_b": rb.id, "split_b": b,
                     "correlation": round(float(corr[r, c]), 5),
-                    "same_patient": bool(ra.patient_id) and ra.patient_id == rb.patient_id,
+                    "same_patient": same,
                     "class_a": ra.class_name, "class_b": rb.class_name,
                     "path_a": ra.path, "path_b": rb.path,
                 })
