@@ -1,0 +1,151 @@
+"""SD backend, fine-tuning: a tiny random-init pipeline saved with save_pretrained and loaded back by path."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from mrisynth.cli import main
+from mrisynth.config import from_dict
+from mrisynth.data.manifest import load_manifest, select
+from mrisynth.errors import UserError
+from mrisynth.files import read_jsonl
+from mrisynth.generate import read_generator_info
+from mrisynth.generate import sd_latents as latents_mod
+from mrisynth.generate.sd import TRAIN_PRESETS, TrainConfig, run_train
+from mrisynth.generate.sd_load import resolve_model_dir
+from sd_tiny import save_tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return save_tiny_pipeline(tmp_path_factory.mktemp("sd") / "tiny-sd")
+
+
+def tiny_cfg(model: Path, **changes) -> TrainConfig:
+    # 16 px images: 8x8 latents through the tiny VAE, the least work that still exercises every part.
+    return from_dict(TrainConfig, {**TRAIN_PRESETS["tiny"], "model": str(model), "size": 16, **changes})
+
+
+def test_full_finetune_saves_a_loadable_pipeline(tiny_model, tiny_manifest_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    gen = run_train(tiny_cfg(tiny_model, mode="full", lr=1e-3, sample_every=2), data_dir=tiny_manifest_dir,
+                    out_dir=tmp_path / "gen")
+    info = read_generator_info(gen)
+    assert info["backend"] == "sd" and info["mode"] == "full"
+    assert info["classes"] == ["glioma", "meningioma", "pituitary"]
+    assert Path(info["data_dir"]) == tiny_manifest_dir.resolve()
+    assert "{cls}" in info["prompt_template"]
+    # The result loads in a stock diffusers pipeline, and its UNet moved away from the base weights.
+    pipe = StableDiffusionPipeline.from_pretrained(gen / "pipeline", local_files_only=True)
+    base = load_file(tiny_model / "unet" / "diffusion_pytorch_model.safetensors")
+    tuned = pipe.unet.state_dict()
+    assert any(not torch.equal(base[k], tuned[k]) for k in base)
+    assert [r["step"] for r in read_jsonl(gen / "metrics.jsonl")] == [1, 2]
+    assert all(r["loss"] > 0 for r in read_jsonl(gen / "metrics.jsonl"))
+    assert (gen / "samples" / "grid-0000002.png").is_file()
+    assert (gen / "config.yaml").is_file()
+    # Latents were cached for the train split only (2 patients x 3 slices x 3 classes), flipped too.
+    train_ids = [r.id for r in select(load_manifest(tiny_manifest_dir), split="train")]
+    with safe_open(str(gen / "cache" / "latents-16.safetensors"), framework="pt") as f:
+        assert f.get_slice("latents").get_shape()[0] == len(train_ids) == 18
+        assert f.get_slice("latents_flip").get_shape()[0] == 18
+        assert f.get_slice("prompt_embeds").get_shape()[0] == 4  # 3 classes + the empty prompt
+
+
+def test_lora_finetune_keeps_the_base_and_loads_as_lora(tiny_model, tiny_manifest_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    gen = run_train(tiny_cfg(tiny_model, mode="lora"), data_dir=tiny_manifest_dir, out_dir=tmp_path / "gen")
+    assert read_generator_info(gen)["mode"] == "lora"
+    assert not (gen / "pipeline").exists()
+    weights = load_file(gen / "lora" / "pytorch_lora_weights.safetensors")
+    assert weights and all(k.startswith("unet.") and "lora" in k for k in weights)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model, local_files_only=True)
+    pipe.load_lora_weights(gen / "lora")  # the standard diffusers way to apply it
+    assert pipe.unet.peft_config
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_model, tiny_manifest_dir, tmp_path, monkeypatch):
+    whole = run_train(tiny_cfg(tiny_model, steps=2), data_dir=tiny_manifest_dir, out_dir=tmp_path / "whole")
+    split_dir = tmp_path / "split"
+    run_train(tiny_cfg(tiny_model, steps=1), data_dir=tiny_manifest_dir, out_dir=split_dir)  # "stopped" after step 1
+    assert [p.name for p in (split_dir / "checkpoints").iterdir()] == ["step-0000001"]
+
+    calls = []
+    monkeypatch.setattr(latents_mod, "encode_images", lambda *a, **k: calls.append(1))
+    resumed = run_train(tiny_cfg(tiny_model, steps=2), data_dir=tiny_manifest_dir, out_dir=split_dir)
+    assert calls == []  # the cached latents were reused: the VAE did not run again
+    a = load_file(whole / "lora" / "pytorch_lora_weights.safetensors")
+    b = load_file(resumed / "lora" / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys()
+    # Same up to CPU float noise (the first backward of a process may pick other kernels: ~1e-7). A resume that lost
+    # the optimizer state or replayed other batches moves LoRA weights by ~lr = 1e-3 and fails this.
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    assert [r["step"] for r in read_jsonl(split_dir / "metrics.jsonl")] == [1, 2]
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tiny_model, tiny_manifest_dir, tmp_path):
+    run_train(tiny_cfg(tiny_model, steps=1), data_dir=tiny_manifest_dir, out_dir=tmp_path / "gen")
+    with pytest.raises(UserError, match="other settings"):
+        run_train(tiny_cfg(tiny_model, steps=2, lr=0.5), data_dir=tiny_manifest_dir, out_dir=tmp_path / "gen")
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path, tiny_manifest_dir, capsys):
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_model_dir(str(tmp_path / "nowhere"))
+    code = main(["generator", "train", "--backend", "sd", "--data", str(tiny_manifest_dir),
+                 "--out", str(tmp_path / "gen"), "--model", str(tmp_path / "nowhere"), "--preset", "tiny"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "huggingface-cli download" in err and "Traceback" not in err
+
+
+def test_hub_ids_resolve_from_the_local_cache_only(tiny_model, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(UserError, match=r"models--someone--absent.*huggingface-cli download someone/absent"):
+        resolve_model_dir("someone/absent")
+    # A snapshot laid out as the hub client stores it is found without any network access.
+    repo = tmp_path / "hub" / "models--someone--tiny"
+    shutil.copytree(tiny_model, repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    assert resolve_model_dir("someone/tiny") == (repo / "snapshots" / "abc123").resolve()
+
+
+def test_a_folder_that_is_not_a_pipeline_is_refused(tmp_path):
+    (tmp_path / "model").mkdir()
+    with pytest.raises(UserError, match="unet/config.json"):
+        resolve_model_dir(str(tmp_path / "model"))
+
+
+def test_bad_settings_are_user_errors(tiny_model, tiny_manifest_dir, tmp_path):
+    with pytest.raises(UserError, match="prompt_template"):
+        run_train(tiny_cfg(tiny_model, prompt_template="no class here"), data_dir=tiny_manifest_dir,
+                  out_dir=tmp_path / "gen")
+    with pytest.raises(UserError, match="multiple of 8"):
+        run_train(tiny_cfg(tiny_model, size=30), data_dir=tiny_manifest_dir, out_dir=tmp_path / "gen")
+
+
+def test_generator_json_is_written_last(tiny_model, tiny_manifest_dir, tmp_path, monkeypatch):
+    """A crash while saving the weights leaves no generator.json, so sampling refuses the half-made folder."""
+    from mrisynth.generate import sd_train
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk went away")
+
+    monkeypatch.setattr(sd_train, "save_lora", crash)
+    with pytest.raises(RuntimeError):
+        run_train(tiny_cfg(tiny_model, steps=1), data_dir=tiny_manifest_dir, out_dir=tmp_path / "gen")
+    assert not (tmp_path / "gen" / "generator.json").exists()
+    with pytest.raises(UserError, match="not a trained generator"):
+        read_generator_info(tmp_path / "gen")
