@@ -170,6 +170,7 @@ def test_resume_skips_finished_trials_and_redoes_only_the_missing(tiny_manifest_
     fakes.fits.clear()
     outcome = run_study(cfg, run)
     assert fakes.fits == ["r1-s0"] and outcome["complete"]
+    assert outcome["trained"] == ["r1-s0"] and len(outcome["already_done"]) == 7
     assert fakes.sampled == [12] and len(fakes.trained_on) == 1  # generator and pool made once, not redone
     fakes.fits.clear()
     run_study(cfg, run)

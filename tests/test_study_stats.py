@@ -15,6 +15,8 @@ def test_t_interval_matches_the_textbook_formula():
     # mean 0.92, sd 0.02, t(0.975, 2) = 4.3027 -> half width 4.3027 * 0.02 / sqrt(3) = 0.04968
     assert ci["mean"] == pytest.approx(0.92)
     assert ci["hi"] - ci["mean"] == pytest.approx(0.049683, abs=1e-5)
+    clipped = stats.t_interval([0.9, 1.0, 1.0], bounds=(0.0, 1.0))
+    assert clipped["hi"] == 1.0 and clipped["lo"] < clipped["mean"]
     single = stats.t_interval([0.9])
     assert single["mean"] == 0.9 and math.isnan(single["lo"])
 

@@ -54,8 +54,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_outcome(run_dir: str, outcome: dict) -> int:
-    print(f"trials done in this call: {len(outcome['done'])}; failed: {len(outcome['failed'])}; "
-          f"running elsewhere: {len(outcome['skipped_running'])}")
+    print(f"trials trained now: {len(outcome['trained'])}; already done: {len(outcome['already_done'])}; "
+          f"failed: {len(outcome['failed'])}; running elsewhere: {len(outcome['skipped_running'])}")
     if outcome["complete"]:
         print(f"report: {Path(run_dir) / 'report' / 'index.html'}")
     else:

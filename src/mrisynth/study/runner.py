@@ -59,7 +59,11 @@ STAGE_DONE = ".done.json"
 def run_study(
     cfg: StudyConfig, out_dir: str | os.PathLike, *, shard: tuple[int, int] = (0, 1), make_report: bool = True
 ) -> dict:
-    """Run (or resume) a whole study into `out_dir`; returns {"done", "failed", "skipped_running", "timings"}."""
+    """Run (or resume) a whole study into `out_dir`.
+
+    Returns {"trained": names trained now, "already_done": names found finished, "failed": names,
+    "skipped_running": names locked by another job, "complete": all trials done, "timings": seconds per stage}.
+    """
     run = ensure_writable_dir(out_dir)
     index, count = shard
     if not (count >= 1 and 0 <= index < count):
@@ -80,12 +84,13 @@ def run_study(
 
     trials = cond.build_trials(cfg)
     mine = [t for i, t in enumerate(trials) if i % count == index]
-    done, failed, busy = [], [], []
+    trained, already, failed, busy = [], [], [], []
     with _timed(timings, "trials"):
         for trial in tqdm(mine, desc=f"trials (shard {index}/{count})", unit="trial"):
             fold_dir, pool_dir = pools[trial.fold]
             outcome = run_trial(cfg, run, trial, data_dir=fold_dir, pool_dir=pool_dir)
-            {"done": done, "failed": failed, "running": busy}[outcome].append(trial.name)
+            {"trained": trained, "already_done": already, "failed": failed, "running": busy}[outcome].append(
+                trial.name)
 
     if cfg.audit.enabled and index == 0:
         with _timed(timings, "audit"):
@@ -102,7 +107,8 @@ def run_study(
     _record_timings(run, timings)
     if failed:
         log.error("%d trial(s) failed: %s (see trials/<name>/%s)", len(failed), ", ".join(failed), FAILED)
-    return {"done": done, "failed": failed, "skipped_running": busy, "timings": timings, "complete": all_done}
+    return {"trained": trained, "already_done": already, "failed": failed, "skipped_running": busy,
+            "timings": timings, "complete": all_done}
 
 
 # ---- stages ---------------------------------------------------------------------------------------------------
@@ -209,7 +215,10 @@ def generate_pool(cfg: StudyConfig, run: Path, gen_dir: Path, data_dir: Path, fo
 
 
 def run_trial(cfg: StudyConfig, run: Path, trial: cond.Trial, *, data_dir: Path, pool_dir: Path) -> str:
-    """Train one classifier unless already done; returns "done", "failed" or "running" (locked elsewhere)."""
+    """Train one classifier unless already done.
+
+    Returns "trained", "already_done", "failed" (recorded in failed.json) or "running" (locked by another job).
+    """
     from mrisynth.classify import TrainData, fit
 
     trial_dir = ensure_writable_dir(run / "trials" / trial.name)
@@ -220,13 +229,13 @@ def run_trial(cfg: StudyConfig, run: Path, trial: cond.Trial, *, data_dir: Path,
         return "running"
     try:
         if (trial_dir / RESULT).is_file():
-            return "done"
+            return "already_done"
         records = load_manifest(data_dir)
         real_train = select(records, split="train")
         pool = load_manifest(pool_dir) if trial.condition.uses_synthetic else []
         order = cond.pool_order(pool, fold=trial.fold)
         tset = cond.build_training_set(trial.condition, real_train, order, cfg=cfg)
-        seed = derive_seed("trial", trial.seed, trial.fold)  # the same per seed across conditions: paired runs
+        seed = trial.seed  # the same classifier seed in every condition (and fold): paired runs
         clf_cfg = resolve_classifier_config(cfg, seed=seed, extra=tset.classifier_overrides)
         write_json(trial_dir / "trial.json", {
             "condition": trial.condition.name, "kind": trial.condition.kind, "ratio": trial.condition.ratio,
@@ -244,7 +253,7 @@ def run_trial(cfg: StudyConfig, run: Path, trial: cond.Trial, *, data_dir: Path,
             samples_per_epoch=tset.samples_per_epoch,
         )
         fit(clf_cfg, data, trial_dir)
-        return "done"
+        return "trained"
     except UserError:
         raise  # a configuration problem: every trial would fail the same way
     except Exception as exc:  # a crash in one trial must not stop the others; it is recorded and reported

@@ -15,8 +15,14 @@ from scipy import stats as sstats
 EXACT_BELOW = 25  # McNemar: exact binomial test when the discordant pairs are fewer than this
 
 
-def t_interval(values: Sequence[float], *, confidence: float = 0.95) -> dict:
-    """Mean and t-based confidence interval across runs (seeds); the interval is NaN for a single value."""
+def t_interval(
+    values: Sequence[float], *, confidence: float = 0.95, bounds: tuple[float, float] | None = None
+) -> dict:
+    """Mean and t-based confidence interval across runs (seeds); the interval is NaN for a single value.
+
+    `bounds` clips the interval to the metric's range (e.g. (0, 1) for accuracy): with few seeds the
+    symmetric t-interval can reach past 100%, which no reader should see.
+    """
     x = np.asarray(values, dtype=float)
     n = len(x)
     mean = float(x.mean()) if n else math.nan
@@ -24,7 +30,10 @@ def t_interval(values: Sequence[float], *, confidence: float = 0.95) -> dict:
         return {"mean": mean, "lo": math.nan, "hi": math.nan, "sd": math.nan, "n": n}
     sd = float(x.std(ddof=1))
     half = float(sstats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-    return {"mean": mean, "lo": mean - half, "hi": mean + half, "sd": sd, "n": n}
+    lo, hi = mean - half, mean + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return {"mean": mean, "lo": lo, "hi": hi, "sd": sd, "n": n}
 
 
 def bootstrap_ci(correct: np.ndarray, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:

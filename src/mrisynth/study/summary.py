@@ -90,7 +90,7 @@ def summarize(run: str | os.PathLike, cfg: StudyConfig) -> dict:
             for m in METRICS:
                 values = [(t["result"].get(split) or {}).get(m) for t in group]
                 values = [v for v in values if v is not None and not _isnan(v)]
-                entry[f"{split}_{m}"] = stats.t_interval(values)
+                entry[f"{split}_{m}"] = stats.t_interval(values, bounds=(-1.0, 1.0) if m == "mcc" else (0.0, 1.0))
         entry["test_recall"] = _per_class_recall(group)
         entry["train_synthetic"] = _first(group, "train_synthetic")
         entry["train_real"] = _first(group, "train_real")
@@ -174,6 +174,9 @@ def caveats(run: Path, cfg: StudyConfig) -> list[str]:
         if shared:
             notes.append(f"The split is not patient-wise: {len(shared)} of {len(test_p)} test patients also have "
                          "slices in the training set, so adjacent near-duplicate slices inflate test accuracy.")
+    if len(cfg.seeds) > 1:
+        notes.append("Seeds vary the classifier's training only: one generator and one synthetic pool serve "
+                     "every seed" + (" of a fold." if cfg.folds else "."))
     notes.append("The best ratio is chosen on validation accuracy; the test set is reported, never used to choose.")
     notes.append("Verdicts use McNemar's test against real-only (discordant pairs summed over seeds), "
                  f"Holm-corrected across conditions at alpha={cfg.alpha}.")
