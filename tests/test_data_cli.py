@@ -174,3 +174,13 @@ def test_auto_split_keeps_the_splits_of_a_split_tree(tmp_path, capsys):
         (f"{s}_{n}", s) for s in ("train", "val", "test") for n in ("glioma", "pituitary_tumor")
     }
     assert {r.class_name for r in records} == {"glioma", "pituitary"}
+
+
+def test_prepare_never_writes_into_the_source_or_over_a_users_images(tmp_path, capsys):
+    src = make_tree(tmp_path / "src", patients=3, slices=1)
+    assert main(["data", "prepare", str(src), "--out", str(src / "prepared")]) == 2
+    assert "inside the source folder" in capsys.readouterr().err and not (src / "prepared").exists()
+    mats = make_mat_dir(tmp_path / "mats", n=3, size=(8, 8))
+    assert main(["data", "prepare", str(mats), "--out", str(src), "--split", "seed"]) == 2
+    assert "was not written by `mrisynth data prepare`" in capsys.readouterr().err
+    assert len(list((src / "images").rglob("*.png"))) == 3  # the user's images are untouched

@@ -97,7 +97,10 @@ def download_file(url: str, dest: Path, *, size: int | None = None, sha256: str 
         return dest
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.is_file() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "mrisynth"})
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "mrisynth"})
+    except ValueError as exc:
+        raise UserError(f"'{url}' is not a download URL; --base-url must start with http:// or https://") from exc
     if have:
         request.add_header("Range", f"bytes={have}-")
     try:

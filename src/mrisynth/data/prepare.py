@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mrisynth.config import save_config
 from mrisynth.data.manifest import CLASSES_NAME, MANIFEST_NAME, save_classes, save_manifest, split_summary
-from mrisynth.data.sources import read_source
+from mrisynth.data.sources import detect_source_kind, read_source
 from mrisynth.data.splits import assign_splits
 from mrisynth.errors import UserError
 from mrisynth.files import write_json
@@ -65,8 +65,13 @@ def run_prepare(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: Prep
 
 
 def _prepare(source: Path, out_dir: Path, cfg: PrepareConfig) -> Path:
-    if source.resolve() == out_dir.resolve():
-        raise UserError("--out must differ from the source folder")
+    if out_dir.resolve() == source.resolve() or source.resolve() in out_dir.resolve().parents:
+        raise UserError(f"--out {out_dir} is inside the source folder {source}; choose a folder outside it")
+    if detect_source_kind(source) == "mat" and not (out_dir / "prepare.json").is_file():
+        # .mat images are converted into OUT/images and OUT/masks, replacing those folders: never a user's own.
+        taken = [out_dir / d for d in ("images", "masks") if (out_dir / d).exists()]
+        if taken:
+            raise UserError(f"{taken[0]} exists and was not written by `mrisynth data prepare`; choose an empty --out")
     # A stale manifest from an earlier run must not survive a failed rerun.
     for name in (MANIFEST_NAME, CLASSES_NAME):
         (out_dir / name).unlink(missing_ok=True)
