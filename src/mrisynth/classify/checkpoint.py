@@ -44,7 +44,7 @@ def load_best(model: nn.Module, run_dir: Path) -> None:
 def load_classifier(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
     """Rebuild a trained classifier from `run_dir/config.yaml` with its best weights, in eval mode on the CPU.
 
-    Returns (model, info) with info = {"classes", "config" (the run's config.yaml), "result" (or None)}.
+    Returns (model, info): info = {"classes", "model", "image_size", "config" (config.yaml), "result" (or None)}.
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
@@ -57,4 +57,5 @@ def load_classifier(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
     load_best(model, run_dir)
     result_path = run_dir / "result.json"
     result = read_json(result_path) if result_path.is_file() else None
-    return model.eval(), {"classes": classes, "config": raw, "result": result}
+    info = {"classes": classes, "config": raw, "result": result, "model": cfg.model, "image_size": cfg.image_size}
+    return model.eval(), info
