@@ -30,6 +30,8 @@ from mrisynth.files import atomic_path, ensure_writable_dir, write_json, write_t
 log = logging.getLogger(__name__)
 
 THUMB_SIZE = 32
+# On the Figshare slices at 32 px, r >= 0.95 finds 567 cross-split pairs on the reference image-level split
+# (527 within one patient) against 35 on a person-level split: adjacent slices, not look-alike anatomy.
 DEFAULT_THRESHOLD = 0.95
 _SPLIT_PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
 _CHUNK = 2048  # rows per matrix product: bounds memory on large data sets

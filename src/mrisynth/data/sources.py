@@ -122,30 +122,33 @@ def read_mat_dir(source: str | os.PathLike, out_dir: str | os.PathLike) -> Sourc
     _refuse_duplicate_stems(files)
     cvind = next((p for p in _mat_files(source) if p.name.lower() == "cvind.mat"), None)
     folds = read_cvind(cvind, len(files)) if cvind is not None else None
-    records = []
     with contextlib.ExitStack() as stack:
         tmp_images = stack.enter_context(atomic_path(out_dir / "images", suffix=""))
         tmp_masks = stack.enter_context(atomic_path(out_dir / "masks", suffix=""))
-        for path in tqdm(files, desc="convert .mat", leave=False):
+
+        def convert_one(path: Path) -> ImageRecord:
             cj = read_mat_slice(path)
-            name = cj["class_name"]
+            name, png = cj["class_name"], f"{path.stem}.png"
             for tmp in (tmp_images, tmp_masks):
                 (tmp / name).mkdir(parents=True, exist_ok=True)
-            image_tmp = tmp_images / name / f"{path.stem}.png"
-            save_grayscale_png(to_uint8(cj["image"]), image_tmp)
+            save_grayscale_png(to_uint8(cj["image"]), tmp_images / name / png)
             mask_path = ""
             if cj["mask"] is not None:
-                save_grayscale_png((cj["mask"] > 0).astype(np.uint8) * 255, tmp_masks / name / f"{path.stem}.png")
-                mask_path = str(out_dir / "masks" / name / f"{path.stem}.png")
+                save_grayscale_png((cj["mask"] > 0).astype(np.uint8) * 255, tmp_masks / name / png)
+                mask_path = str(out_dir / "masks" / name / png)
             fold = -1
             if folds is not None and path.stem.isdigit() and 1 <= int(path.stem) <= len(folds):
                 fold = int(folds[int(path.stem) - 1])
             height, width = cj["image"].shape
-            records.append(ImageRecord(
-                id=path.stem, path=str(out_dir / "images" / name / f"{path.stem}.png"), class_name=name, label=-1,
+            return ImageRecord(
+                id=path.stem, path=str(out_dir / "images" / name / png), class_name=name, label=-1,
                 patient_id=cj["patient_id"], fold=fold, width=width, height=height,
-                sha256=sha256_file(image_tmp), mask_path=mask_path,
-            ))
+                sha256=sha256_file(tmp_images / name / png), mask_path=mask_path,
+            )
+
+        # Threads: PNG compression (zlib) releases the GIL; h5py reads serialise on its own lock.
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+            records = list(tqdm(pool.map(convert_one, files), total=len(files), desc="convert .mat", leave=False))
     if not records:
         raise UserError(f"no .mat image files in {source}")
     log.info("converted %d .mat files from %s", len(records), source)
