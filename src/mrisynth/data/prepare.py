@@ -85,7 +85,7 @@ def _prepare(source: Path, out_dir: Path, cfg: PrepareConfig) -> Path:
         n_folds=cfg.folds, group_trailing_letter=cfg.group_trailing_letter,
     )
     summary = split_summary(records)
-    save_config(cfg, out_dir / "config.yaml")
+    save_config(dataclasses.replace(cfg, split=spec), out_dir / "config.yaml")  # `auto` saved as what it chose
     write_json(out_dir / "prepare.json", {
         "source": str(source.resolve()), "kind": data.kind, "split": spec, "images": len(records),
         "patients": len({r.patient_id for r in records if r.patient_id}), "classes": data.classes,
