@@ -19,7 +19,9 @@ from mrisynth.generate import read_generator_info
 from mrisynth.generate import sd_latents as latents_mod
 from mrisynth.generate.sd import TRAIN_PRESETS, TrainConfig, run_train
 from mrisynth.generate.sd_load import resolve_model_dir
-from sd_tiny import save_tiny_pipeline
+from sd_tiny import one_thread, save_tiny_pipeline
+
+single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 
 @pytest.fixture(scope="module")
