@@ -71,6 +71,28 @@ def test_report_merges_whatever_is_done(tiny_manifest_dir, tmp_path, fakes):
     assert table.splitlines()[0].startswith("condition") and len(table.splitlines()) == 2 + 4
 
 
+def test_audit_headline_reads_quality_json(tiny_manifest_dir, tmp_path, fakes):
+    from mrisynth.files import write_json
+
+    run = tmp_path / "run"
+    run_study(small_config(tiny_manifest_dir, seeds=[0], ratios=[0, 1]), run, make_report=False)
+    m = {"fd": 12.5, "kid": 0.01, "precision": 0.7, "recall": 0.6}
+    write_json(run / "quality" / "quality.json", {
+        "feature_spaces": {"stats": {"overall": m, "real_vs_real": {
+            "overall": {"fd": 3.0, "kid": 0.001, "precision": 0.9, "recall": 0.9},
+            "synthetic_vs_half": {"overall": {"fd": 14.0, "kid": 0.02}}}}},
+        "diversity": {"per_class": {"glioma": {"synthetic": {"msssim": 0.4}, "real": {"msssim": 0.3}}}},
+        "memorisation": {"pixel": {"threshold": 0.95, "share_above": 0.02, "heldout_in_train": {"share_above": 0.0}},
+                         "patients_reproduced": [{"patient_id": "gl0"}]},
+    })
+    rows = read_json(run_report(run) / "summary.json")["audit"]
+    by_name = {r[0].split(" ")[0] + r[0].split(" ")[1]: r[1:] for r in rows}
+    assert by_name["stats:FD"] == [14.0, 3.0]  # synthetic vs real half at equal n, against real vs real
+    assert by_name["stats:precision"] == [0.7, 0.9]
+    assert ["training patients reproduced by some synthetic image", 1, None] in rows
+    assert "Synthetic-image audit" in (run / "report" / "index.html").read_text()
+
+
 def test_leakage_caveat_when_patients_cross_splits(tiny_manifest_dir, tmp_path, fakes):
     from mrisynth.data.manifest import load_manifest, save_manifest
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import base64
 import html
 
-from mrisynth.report.markdown import VERDICT_HEADER, _scalars, best_sentence, verdict_rows
+from mrisynth.report.markdown import (
+    AUDIT_HEADER,
+    VERDICT_HEADER,
+    _scalars,
+    audit_rows,
+    best_sentence,
+    verdict_rows,
+)
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -48,8 +55,7 @@ def build_html(summary: dict, *, title: str, figures: dict[str, bytes]) -> str:
         items = _scalars(summary["leakage"])
         parts.append("<h2>Leakage audit</h2>" + _table(("measure", "value"), [(k, str(v)) for k, v in items.items()]))
     if summary.get("audit"):
-        parts.append("<h2>Synthetic-image audit</h2>"
-                     + _table(("measure", "value"), [(k, f"{v:.4g}") for k, v in summary["audit"].items()]))
+        parts.append("<h2>Synthetic-image audit</h2>" + _table(AUDIT_HEADER, audit_rows(summary)))
     parts.append("<h2>Figures</h2>")
     for caption, png in figures.items():
         data = base64.b64encode(png).decode("ascii")

@@ -74,10 +74,19 @@ def build_markdown(summary: dict, *, title: str, figures: dict[str, str]) -> str
         lines += ["", "## Leakage audit (data/audit/leakage.json)", ""]
         lines += [f"- {k}: {v}" for k, v in _scalars(summary["leakage"]).items()]
     if summary.get("audit"):
-        lines += ["", "## Synthetic-image audit (quality/quality.json)", ""]
-        lines += [f"- {k}: {v:.4g}" for k, v in summary["audit"].items()]
+        lines += ["", "## Synthetic-image audit (quality/quality.json)", "", md_row(AUDIT_HEADER),
+                  md_row(tuple("---" for _ in AUDIT_HEADER))]
+        lines += [md_row(r) for r in audit_rows(summary)]
     lines += ["", "## Figures", ""] + [f"![{caption}]({path})" for caption, path in figures.items()]
     return "\n".join(lines) + "\n"
+
+
+AUDIT_HEADER = ("measure", "synthetic", "real reference")
+
+
+def audit_rows(summary: dict) -> list[tuple[str, ...]]:
+    """The audit headline rows as text (real reference: the same measure between real images)."""
+    return [(m, fmt(s, pct=False), fmt(r, pct=False)) for m, s, r in summary.get("audit") or []]
 
 
 def _scalars(data: dict) -> dict:

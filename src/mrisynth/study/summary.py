@@ -183,20 +183,39 @@ def caveats(run: Path, cfg: StudyConfig) -> list[str]:
     return notes
 
 
-def audit_headline(path: Path) -> dict | None:
-    """The numbers of quality.json worth a headline: its top-level and one-level-nested scalars."""
+def audit_headline(path: Path) -> list[list] | None:
+    """The audit's headline numbers from quality.json as rows [measure, synthetic, real reference].
+
+    The reference says what "close" means: FD/KID and precision/recall of a real half against another real
+    half at the same size; MS-SSIM of real pairs; nearest-neighbour copies of held-out real images.
+    """
     data = _read_optional(path)
     if not isinstance(data, dict):
         return None
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = value
-        elif isinstance(value, dict):
-            for sub, v in value.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    out[f"{key}.{sub}"] = v
-    return out
+    rows: list[list] = []
+    for space, block in (data.get("feature_spaces") or {}).items():
+        syn = block.get("overall") or {}
+        ref = ((block.get("real_vs_real") or {}).get("synthetic_vs_half") or {}).get("overall") or {}
+        real = (block.get("real_vs_real") or {}).get("overall") or {}
+        for key in ("fd", "kid"):
+            if key in syn:
+                rows.append([f"{space}: {key.upper()} to real train half A, at equal n (lower = closer)",
+                             ref.get(key, syn[key]), real.get(key)])
+        for key in ("precision", "recall", "density", "coverage"):
+            if key in syn:
+                rows.append([f"{space}: {key}", syn[key], real.get(key)])
+    for cls, d in ((data.get("diversity") or {}).get("per_class") or {}).items():
+        rows.append([f"MS-SSIM within class {cls} (higher = less diverse)",
+                     (d.get("synthetic") or {}).get("msssim"), (d.get("real") or {}).get("msssim")])
+    pixel = (data.get("memorisation") or {}).get("pixel") or {}
+    if pixel:
+        held = pixel.get("heldout_in_train") or {}
+        rows.append([f"share of images with a training image at pixel correlation >= {pixel.get('threshold')}",
+                     pixel.get("share_above"), held.get("share_above")])
+    patients = (data.get("memorisation") or {}).get("patients_reproduced")
+    if patients is not None:
+        rows.append(["training patients reproduced by some synthetic image", len(patients), None])
+    return rows or None
 
 
 def _data_dir(run: Path) -> Path | None:
