@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from mrisynth import checkpoint
 from mrisynth.config import save_config
 from mrisynth.data.cache import load_cache
 from mrisynth.errors import UserError
@@ -137,31 +137,33 @@ def build_state(cfg: TrainConfig, n_classes: int, *, device: torch.device) -> Tr
 
 
 def save_checkpoint(state: TrainState, path: Path, *, data_dir: str) -> None:
-    """Weights as safetensors, the rest with torch.save; written to a temporary folder, then renamed."""
+    """The shared schema (`mrisynth.checkpoint`) in one folder, written to a temporary name, then renamed."""
     with atomic_path(path, suffix="") as tmp:
         tmp.mkdir()
-        save_file({k: v.contiguous() for k, v in state.unet.state_dict().items()}, tmp / "unet.safetensors")
-        save_file({k: v.contiguous() for k, v in state.ema.state_dict().items()}, tmp / "ema.safetensors")
-        torch.save({
+        checkpoint.save_weights(state.unet.state_dict(), tmp / "unet.safetensors")
+        checkpoint.save_weights(state.ema.state_dict(), tmp / "ema.safetensors")
+        checkpoint.save_state({
             "step": state.step,
             "optimizer": state.optimizer.state_dict(),
             "lr_schedule": state.lr_schedule.state_dict(),
             "rng": state.rng.get_state(),
+            "global_rng": checkpoint.capture_rng(),
             "data_dir": data_dir,
         }, tmp / "state.pt")
 
 
 def load_checkpoint(state: TrainState, path: Path, *, data_dir: str) -> None:
     """Restore `state` in place from `save_checkpoint` output (safe loading only)."""
-    extra = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    extra = checkpoint.load_state(path / "state.pt")
     if extra["data_dir"] != data_dir:
         raise UserError(f"{path} was trained on {extra['data_dir']}, not {data_dir}; use a new --out folder")
     device = next(state.unet.parameters()).device
-    state.unet.load_state_dict(load_file(path / "unet.safetensors", device=str(device)))
-    state.ema.load_state_dict(load_file(path / "ema.safetensors", device=str(device)))
+    state.unet.load_state_dict(checkpoint.load_weights(path / "unet.safetensors", device=device))
+    state.ema.load_state_dict(checkpoint.load_weights(path / "ema.safetensors", device=device))
     state.optimizer.load_state_dict(extra["optimizer"])
     state.lr_schedule.load_state_dict(extra["lr_schedule"])
     state.rng.set_state(extra["rng"])
+    checkpoint.restore_rng(extra["global_rng"])
     state.step = int(extra["step"])
 
 
