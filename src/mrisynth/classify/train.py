@@ -28,7 +28,7 @@ from mrisynth.checkpoint import capture_rng, load_state, restore_rng, save_state
 from mrisynth.classify.augment import augment_batch, to_unit_float
 from mrisynth.classify.checkpoint import LAST_NAME, load_best, model_state, save_best
 from mrisynth.classify.config import AugmentConfig, ClassifierConfig
-from mrisynth.classify.data import DeviceSet, TrainData, epoch_order, load_train_data
+from mrisynth.classify.data import DeviceSet, PreparedData, TrainData, epoch_order, load_train_data
 from mrisynth.classify.metrics import classification_metrics
 from mrisynth.classify.models import build_classifier
 from mrisynth.config import save_config, to_dict
@@ -280,7 +280,17 @@ def fit(
     return _finish(model, cfg, sets, out_dir, history=history, stopper=stopper, device=device, amp=amp)
 
 
-def _finish(model, cfg, sets, out_dir: Path, *, history, stopper, device, amp) -> dict:
+def _finish(
+    model: nn.Module,
+    cfg: ClassifierConfig,
+    sets: PreparedData,
+    out_dir: Path,
+    *,
+    history: list[dict],
+    stopper: EarlyStopping,
+    device: torch.device,
+    amp: bool,
+) -> dict:
     """Evaluate the kept weights on val and test, write predictions.csv and result.json."""
     t0 = time.perf_counter()
     if cfg.restore_best:
