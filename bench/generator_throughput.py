@@ -92,7 +92,8 @@ def bench_generation(parts: dict, args, device: torch.device) -> dict:
     from mrisynth.generate.sd_latents import decode_latents
     from mrisynth.generate.sd_sample import denoise, initial_noise, resolve_dtype, speed_up
 
-    cfg = SampleConfig(steps=1, guidance=0.0, batch_size=args.batch, compile=not args.no_compile)
+    cfg = SampleConfig(steps=1, guidance=0.0, batch_size=args.batch, compile=not args.no_compile,
+                       compile_mode=args.compile_mode)
     dtype = resolve_dtype("auto", device)
     unet, vae = parts["unet"].to(dtype).eval(), parts["vae"].to(dtype).eval()
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -199,6 +200,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 10; tiny 2)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing ours (compilation)")
     parser.add_argument("--no-compile", action="store_true", help="ours without torch.compile")
+    parser.add_argument("--compile-mode", default="max-autotune", help="torch.compile mode for ours (GPU)")
     parser.add_argument("--skip-finetune", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()

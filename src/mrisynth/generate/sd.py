@@ -65,6 +65,7 @@ class SampleConfig:
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 on a GPU, fp32 on the CPU
     channels_last: bool = True  # GPU only
     compile: bool = True  # GPU only: torch.compile the UNet and the VAE decoder
+    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs (batches are padded)
     decode_batch: int = 0  # VAE decode batch size; 0 = the whole batch at once
     device: str = "auto"
 

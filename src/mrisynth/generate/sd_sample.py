@@ -117,8 +117,8 @@ def speed_up(unet, vae, cfg: SampleConfig, device: torch.device):
         unet.to(memory_format=torch.channels_last)
         vae.to(memory_format=torch.channels_last)
     if cfg.compile:
-        unet = torch.compile(unet, fullgraph=True)
-        vae.decode = torch.compile(vae.decode)
+        unet = torch.compile(unet, mode=cfg.compile_mode)
+        vae.decode = torch.compile(vae.decode, mode=cfg.compile_mode)
     return unet, vae
 
 

@@ -26,7 +26,7 @@ from mrisynth.config import save_config, to_dict
 from mrisynth.data.cache import load_cache
 from mrisynth.data.images import save_grayscale_png
 from mrisynth.errors import UserError
-from mrisynth.files import append_jsonl, atomic_path, ensure_writable_dir, write_json
+from mrisynth.files import append_jsonl, atomic_path, ensure_writable_dir, read_jsonl, write_json, write_text
 from mrisynth.generate import GENERATOR_JSON
 from mrisynth.generate.sd import TrainConfig
 from mrisynth.generate.sd_latents import class_prompts, decode_latents, load_or_build_train_latents
@@ -222,8 +222,13 @@ def _resume(out: Path, unet, optimizer, lr_sched, ema: dict | None, *, fingerpri
     lr_sched.load_state_dict(state["lr_scheduler"])
     if ema is not None:
         ema.update(load_file(ckpt / "ema.safetensors", device=str(next(iter(ema.values())).device)))
+    step = int(state["step"])
+    # Forget metrics logged after the checkpoint: those steps are about to be replayed.
+    metrics = out / "metrics.jsonl"
+    kept = [r for r in read_jsonl(metrics) if r.get("step", 0) <= step]
+    write_text(metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
     log.info("resumed from %s", ckpt)
-    return int(state["step"])
+    return step
 
 
 @torch.no_grad()
