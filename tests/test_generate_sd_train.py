@@ -136,6 +136,9 @@ def test_bad_settings_are_user_errors(tiny_model, tiny_manifest_dir, tmp_path):
                   out_dir=tmp_path / "gen")
     with pytest.raises(UserError, match="multiple of 8"):
         run_train(tiny_cfg(tiny_model, size=30), data_dir=tiny_manifest_dir, out_dir=tmp_path / "gen")
+    with pytest.raises(UserError, match="lora_targets"):
+        run_train(tiny_cfg(tiny_model, lora_targets=["no_such_layer"]), data_dir=tiny_manifest_dir,
+                  out_dir=tmp_path / "gen2")
 
 
 def test_generator_json_is_written_last(tiny_model, tiny_manifest_dir, tmp_path, monkeypatch):

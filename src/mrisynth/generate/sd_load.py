@@ -111,7 +111,11 @@ def add_lora(unet, *, rank: int, alpha: int, targets: list[str]) -> None:
     from peft import LoraConfig
 
     unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets))
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets)
+    try:
+        unet.add_adapter(config)
+    except ValueError as exc:  # peft: no module matched the target names
+        raise UserError(f"lora_targets {targets} match no UNet layer ({exc}); use e.g. [to_q, to_k, to_v, to_out.0]") from exc
 
 
 def save_full_pipeline(unet, *, base_dir: Path, out_dir: Path) -> Path:

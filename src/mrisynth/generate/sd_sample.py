@@ -189,7 +189,8 @@ def _generate(jobs, gen_dir, info: dict, cfg: SampleConfig, writer: SyntheticWri
             guidance=cfg.guidance, uncond=embeds[-1:].expand(len(batch), -1, -1), init_latents=init,
             strength=cfg.strength if sources is not None else 1.0,
         )
-        images = decode_latents(vae, latents[:real], batch_size=cfg.decode_batch)  # (B, H, W) uint8
+        # Decode the padded batch too: a compiled decoder then sees one shape only.
+        images = decode_latents(vae, latents, batch_size=cfg.decode_batch)[:real]  # (B, H, W) uint8
         for j, (label, image_id, seed) in enumerate(batch[:real]):
             image = images[j] if out_size == size else fit_square(images[j], out_size)
             writer.add(
