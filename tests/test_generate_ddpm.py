@@ -195,3 +195,23 @@ def test_cli_train_and_sample(tiny_manifest_dir, tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
     assert main(["generator", "train", "--backend", "ddpm", "--preset", "tiny", "--data", str(tiny_manifest_dir),
                  "--out", str(tmp_path / "g2"), "--set", "image_size=17"]) == 2
+
+
+def test_no_train_split_is_a_clear_error(tiny_manifest_dir, tmp_path):
+    rows = load_manifest(tiny_manifest_dir)
+    for r in rows:
+        r.split = "test"
+    save_manifest(rows, tiny_manifest_dir / "manifest.csv")
+    with pytest.raises(UserError, match="train split"):
+        ddpm.run_train(tiny_cfg(), data_dir=tiny_manifest_dir, out_dir=tmp_path / "gen")
+
+
+@pytest.mark.gpu
+def test_gpu_path_trains_and_samples(tiny_manifest_dir, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    gen = ddpm.run_train(tiny_cfg(device="cuda", compile=True, steps=4), data_dir=tiny_manifest_dir,
+                         out_dir=tmp_path / "gen")
+    cfg = ddpm.SampleConfig(n_per_class=2, steps=3, device="cuda")
+    ddpm.run_sample(gen, cfg, out_dir=tmp_path / "syn")
+    assert len(load_manifest(tmp_path / "syn")) == 6
