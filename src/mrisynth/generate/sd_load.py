@@ -68,8 +68,8 @@ def _cached_snapshot(repo_id: str) -> Path:
         expected = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
         raise UserError(
             f"model '{repo_id}' is not in the local Hugging Face cache ({expected}) and mrisynth never downloads "
-            f"on its own; where there is internet run `huggingface-cli download {repo_id} --local-dir DIR`, "
-            "copy DIR here and pass --model DIR"
+            f"on its own; where there is internet run `huggingface-cli download {repo_id} --local-dir DIR` "
+            "(newer clients: `hf download ...`), copy DIR here and pass --model DIR"
         ) from exc
 
 
