@@ -102,7 +102,9 @@ def run_engine(args, data_dir: Path, device: torch.device) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator(device=device).manual_seed(0)
     kwargs = dict(augment=AugmentConfig(), generator=gen, batch_size=args.batch, amp=on_gpu, channels_last=on_gpu)
-    warm = epoch_order(len(train), min(len(train), args.batch * args.warmup_batches), generator=gen)
+    # On a GPU the warm-up is a whole epoch, so torch.compile has also seen the last, shorter batch.
+    warm_images = len(train) if on_gpu else min(len(train), args.batch * args.warmup_batches)
+    warm = epoch_order(len(train), warm_images, generator=gen)
     train_one_epoch(net, optimizer, train, warm, **kwargs, desc="engine warm-up")  # compile, allocator, caches
     _sync(device)
     images, seconds = 0, 0.0
