@@ -14,6 +14,7 @@ from mrisynth.data.cache import load_cache
 from mrisynth.errors import UserError
 from mrisynth.generate.output import SyntheticWriter
 from mrisynth.quality import AuditConfig, run_audit
+from mrisynth.quality.audit import patient_halves
 
 SIZE = 32
 
@@ -59,7 +60,9 @@ def test_audit_writes_outputs_and_finds_planted_copy(tiny_manifest_dir: Path, tm
     stats = saved["feature_spaces"]["stats"]
     assert set(stats["per_class"]) == set(saved["classes"])
     assert stats["overall"]["fd"] > 0 and stats["real_vs_real"]["overall"]["fd"] >= 0
-    assert "synthetic_vs_half" in stats["real_vs_real"]
+    rvr = stats["real_vs_real"]
+    # The calibration compares half B and the synthetic set with half A at the same sample size.
+    assert rvr["overall"]["n_synthetic"] == rvr["synthetic_vs_half"]["overall"]["n_synthetic"] > 0
     memo = saved["memorisation"]
     assert memo["pixel"]["n_above"] == 1
     assert memo["worst_pairs"][0]["synthetic_id"] == "syn-copy"
@@ -72,6 +75,17 @@ def test_audit_writes_outputs_and_finds_planted_copy(tiny_manifest_dir: Path, tm
     copy_row = next(r for r in rows if r["synthetic_id"] == "syn-copy")
     assert float(copy_row["nn_pixel_corr"]) > 0.95 and "nn_stats_cos" in copy_row
     assert result["diversity"]["per_class"]["glioma"]["synthetic"]["n_pairs"] == 20
+
+
+def test_patient_halves_share_no_patient_and_cover_every_class(tiny_manifest_dir: Path) -> None:
+    real = load_cache(tiny_manifest_dir, SIZE)
+    train = real.indices("train")
+    a, b = patient_halves(real, train, np.random.default_rng(0))
+    assert sorted(np.concatenate([a, b])) == sorted(train)
+    patients = [{real.records[i].patient_id for i in half} for half in (a, b)]
+    assert not patients[0] & patients[1]
+    for half in (a, b):
+        assert {real.records[i].class_name for i in half} == set(real.classes)
 
 
 def test_audit_class_without_synthetic_images_is_reported(tiny_manifest_dir: Path, tmp_path: Path) -> None:
@@ -113,7 +127,7 @@ def test_cli_audit(tiny_manifest_dir: Path, tmp_path: Path, capsys) -> None:
                  "--set", f"image_size={SIZE}", "--set", "distances.n_bootstrap=3", "--set", "diversity_pairs=10"])
     assert code == 0
     text = capsys.readouterr().out
-    assert "stats: FD" in text and "1 synthetic image(s)" in text
+    assert "stats: FD synthetic" in text and "1 synthetic image(s)" in text
     assert "classifier' skipped" in text  # no --classifier given
     assert (out / "quality.json").is_file()
     code = main(["audit", "--real", str(tiny_manifest_dir), "--synthetic", str(tmp_path / "nothing"),

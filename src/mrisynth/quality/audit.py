@@ -17,7 +17,8 @@ quality.json:
          "per_class": {class: M},             synthetic vs train of that class
          "real_vs_real": {                    the calibration: what "close" means for real images
              "overall": M, "per_class": {class: M},           train half A vs train half B (patient-disjoint)
-             "synthetic_vs_half": {"overall": M, "per_class": {class: M}}}}},   synthetic (same n as B) vs half A
+             "synthetic_vs_half": {"overall": M, "per_class": {class: M}}}}},   synthetic vs half A
+                 (half B and the synthetic set are subsampled to the same n, so the two are directly comparable)
      "diversity": {"image_size": int, "per_class": {class: {"synthetic": D, "real": D}}},
      "memorisation": {"pixel": {...}, "features": {space: {...}}, "img2img": {...} | null,
                       "patients_reproduced": [...], "worst_pairs": [...]},
@@ -29,8 +30,8 @@ quality.json:
                                         a class without synthetic images has only the counts and a note)
     D = {"msssim", "msssim_ci", "n_pairs"}   (higher = images more alike = less diverse)
 
-Lower FD/KID is closer; read them against real_vs_real.synthetic_vs_half, which compares at equal sample sizes
-(FD is biased upward at small n). Precision/recall/density/coverage near 1 for sets from one distribution.
+Lower FD/KID is closer. FD, KID's spread and coverage all depend on sample size, so judge synthetic images by
+real_vs_real.synthetic_vs_half against real_vs_real (same reference, same n), not by the raw `overall` value. Precision/recall/density/coverage near 1 for sets from one distribution.
 """
 
 from __future__ import annotations
@@ -255,22 +256,24 @@ def _space_metrics(
                      "kid_lo": _ci(m, "kid_ci", 0), "kid_hi": _ci(m, "kid_ci", 1)})
         return m
 
-    def same_size(fake: np.ndarray, n: int) -> np.ndarray:
-        return fake[np.sort(rng.choice(len(fake), n, replace=False))] if len(fake) > n else fake
+    def subsample(x: np.ndarray, n: int) -> np.ndarray:
+        return x[np.sort(rng.choice(len(x), n, replace=False))] if len(x) > n else x
+
+    def calibrate(half_a: np.ndarray, half_b: np.ndarray, fake: np.ndarray, cls: str) -> tuple[dict, dict]:
+        # Half B and the synthetic set at one size n: the two comparisons with half A differ only in the images.
+        n = min(len(half_b), len(fake)) or len(half_b)
+        return (compare(half_a, subsample(half_b, n), cls=cls, comparison="real_half_vs_half"),
+                compare(half_a, subsample(fake, n), cls=cls, comparison="synthetic_vs_half"))
 
     a_labels, b_labels = train_labels[a_pos], train_labels[b_pos]
     result: dict = {"overall": compare(train, syn, cls="all", comparison="synthetic_vs_train"), "per_class": {}}
-    rvr: dict = {"overall": compare(train[a_pos], train[b_pos], cls="all", comparison="real_half_vs_half"),
-                 "per_class": {}, "synthetic_vs_half": {"per_class": {}}}
-    rvr["synthetic_vs_half"]["overall"] = compare(train[a_pos], same_size(syn, len(b_pos)), cls="all",
-                                                  comparison="synthetic_vs_half")
+    rvr: dict = {"per_class": {}, "synthetic_vs_half": {"per_class": {}}}
+    rvr["overall"], rvr["synthetic_vs_half"]["overall"] = calibrate(train[a_pos], train[b_pos], syn, "all")
     for k, c in enumerate(classes):
         real_c, syn_c = train[train_labels == k], syn[syn_labels == k]
         result["per_class"][c] = compare(real_c, syn_c, cls=c, comparison="synthetic_vs_train")
-        half_a_c, half_b_c = train[a_pos][a_labels == k], train[b_pos][b_labels == k]
-        rvr["per_class"][c] = compare(half_a_c, half_b_c, cls=c, comparison="real_half_vs_half")
-        rvr["synthetic_vs_half"]["per_class"][c] = compare(half_a_c, same_size(syn_c, len(half_b_c)), cls=c,
-                                                           comparison="synthetic_vs_half")
+        rvr["per_class"][c], rvr["synthetic_vs_half"]["per_class"][c] = calibrate(
+            train[a_pos][a_labels == k], train[b_pos][b_labels == k], syn_c, c)
     result["real_vs_real"] = rvr
     for note, where in notes.items():
         shown = ", ".join(where[:4]) + (f" and {len(where) - 4} more" if len(where) > 4 else "")
