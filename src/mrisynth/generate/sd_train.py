@@ -75,7 +75,8 @@ def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
     unet = _build_unet(model_dir, cfg, device)
     trainable = {name: p for name, p in unet.named_parameters() if p.requires_grad}
     noise_sched = _noise_schedule(load_scheduler_config(model_dir))
-    optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")  # one kernel for all parameters on a GPU
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     ema = {n: p.detach().clone().float() for n, p in trainable.items()} if cfg.ema else None
     fingerprint = _fingerprint(cfg, model_dir, data_dir)
