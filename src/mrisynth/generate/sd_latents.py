@@ -104,10 +104,13 @@ def load_or_build_train_latents(
 
     key = _cache_key(model_dir, images.shape, ids, prompts, flip)
     if path.is_file():
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("key") == key:
-                return {name: f.get_tensor(name) for name in f.keys()}
-        log.info("latent cache %s is stale; rebuilding", path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("key") == key:
+                    return {name: f.get_tensor(name) for name in f.keys()}
+            log.info("latent cache %s is stale; rebuilding", path)
+        except Exception as exc:  # a damaged file is only a cache: recompute it
+            log.warning("latent cache %s is unreadable (%s); rebuilding", path, exc)
     from mrisynth.generate.sd_load import load_text_stack, load_vae
 
     tokenizer, text_encoder = load_text_stack(model_dir)

@@ -3,7 +3,8 @@
 Per step only the UNet runs: the VAE latents of every training image (and of its mirror image) and the class
 prompt embeddings were computed once and cached in GEN/cache/. Randomness of step s (batch, flips, caption
 dropout, timesteps, noise) comes from a generator seeded by (seed, s), so a resumed run replays exactly the steps
-an uninterrupted one would have taken: the checkpoint needs the weights, optimizer and LR schedule, nothing else.
+an uninterrupted one would have taken: the checkpoint (the shared schema of mrisynth.checkpoint) needs the
+weights, optimizer and LR schedule.
 
     GEN/config.yaml  metrics.jsonl  cache/latents-<size>.safetensors  checkpoints/step-XXXXXXX/  samples/*.png
 """
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mrisynth import checkpoint
 from mrisynth.config import save_config, to_dict
 from mrisynth.data.cache import load_cache
 from mrisynth.data.images import save_grayscale_png
@@ -186,17 +188,18 @@ def _fingerprint(cfg: TrainConfig, model_dir: Path, data_dir: Path) -> str:
 
 def _save_checkpoint(out: Path, step: int, trainable: dict, optimizer, lr_sched, ema: dict | None, *,
                      fingerprint: str) -> None:
-    from safetensors.torch import save_file
-
+    """The shared schema (`mrisynth.checkpoint`) in checkpoints/step-N/, written under a temporary name."""
     root = out / "checkpoints"
     target = root / f"step-{step:07d}"
     with atomic_path(target, suffix="") as tmp:
         tmp.mkdir()
-        save_file({n: p.detach().contiguous() for n, p in trainable.items()}, str(tmp / "weights.safetensors"))
+        checkpoint.save_weights(trainable, tmp / "weights.safetensors")  # the UNet, or only its LoRA layers
         if ema is not None:
-            save_file(ema, str(tmp / "ema.safetensors"))
-        torch.save({"step": step, "fingerprint": fingerprint, "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": lr_sched.state_dict()}, tmp / "state.pt")
+            checkpoint.save_weights(ema, tmp / "ema.safetensors")
+        checkpoint.save_state({
+            "step": step, "fingerprint": fingerprint, "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_sched.state_dict(), "global_rng": checkpoint.capture_rng(),
+        }, tmp / "state.pt")
     for old in root.glob("step-*"):  # keep only the newest
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
@@ -204,25 +207,26 @@ def _save_checkpoint(out: Path, step: int, trainable: dict, optimizer, lr_sched,
 
 def _resume(out: Path, unet, optimizer, lr_sched, ema: dict | None, *, fingerprint: str) -> int:
     """Load the newest checkpoint in `out` if any; returns the step to continue from."""
-    from safetensors.torch import load_file
-
     found = sorted((out / "checkpoints").glob("step-*[0-9]"))
     if not found:
         return 0
     ckpt = found[-1]
-    state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
+    state = checkpoint.load_state(ckpt / "state.pt")
     if state["fingerprint"] != fingerprint:
         raise UserError(
             f"{out} holds a checkpoint of a run with other settings (model, data or hyper-parameters); "
             "use a new --out, or delete its checkpoints/ folder to start over"
         )
-    missing, unexpected = unet.load_state_dict(load_file(ckpt / "weights.safetensors"), strict=False)
+    device = next(unet.parameters()).device
+    _, unexpected = unet.load_state_dict(checkpoint.load_weights(ckpt / "weights.safetensors", device=device),
+                                               strict=False)
     if unexpected:
         raise UserError(f"checkpoint {ckpt} does not match this model ({unexpected[0]}); use a new --out")
     optimizer.load_state_dict(state["optimizer"])
     lr_sched.load_state_dict(state["lr_scheduler"])
+    checkpoint.restore_rng(state["global_rng"])  # per-step draws do not use it; restored for anything that does
     if ema is not None:
-        ema.update(load_file(ckpt / "ema.safetensors", device=str(next(iter(ema.values())).device)))
+        ema.update(checkpoint.load_weights(ckpt / "ema.safetensors", device=device))
     step = int(state["step"])
     # Forget metrics logged after the checkpoint: those steps are about to be replayed.
     metrics = out / "metrics.jsonl"
