@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--backend", choices=("sd", "ddpm"), default="ddpm")
     train.add_argument("--data", required=True, help="prepared data folder (from `mrisynth data prepare`)")
     train.add_argument("--out", required=True, help="folder for the trained generator")
-    train.add_argument("--preset", default=None, help="named settings: sd: full|lora; ddpm: tiny|demo|full")
+    train.add_argument("--preset", default=None, help="named settings: sd: full|lora|tiny; ddpm: tiny|demo|full")
     train.add_argument("--model", default=None, help="sd only: model id or local folder (default stabilityai/sd-turbo)")
     add_config_args(train)
     train.set_defaults(func=_train)
