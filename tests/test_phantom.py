@@ -180,3 +180,28 @@ def test_cli_subcommand(tmp_path, capsys):
     bad = parser.parse_args(["phantom", "--out", str(tmp_path / "bad"), "--size", "4"])
     with pytest.raises(UserError, match="--size"):
         bad.func(bad)
+
+
+def test_data_prepare_reads_the_phantom_unchanged(tmp_path):
+    """The phantom's layout is what `mrisynth data prepare` reads: ids, classes, patients and masks survive."""
+    pytest.importorskip("mrisynth.data.prepare")
+    from mrisynth.cli import main
+    from mrisynth.data.manifest import load_manifest
+
+    src, prepared = tmp_path / "ph", tmp_path / "prepared"
+    assert main(["data", "phantom", "--out", str(src), "--patients", "30", "--slices-per-patient", "2",
+                 "--size", "24", "--set", "workers=1"]) == 0
+    assert main(["data", "prepare", str(src), "--split", "patient", "--out", str(prepared)]) == 0
+    records = load_manifest(prepared / "manifest.csv")
+    meta = {r["id"]: r for r in read_metadata(src)}
+    assert sorted(r.id for r in records) == sorted(meta)
+    for r in records:
+        assert (r.class_name, r.patient_id) == (meta[r.id]["class"], meta[r.id]["patient_id"])
+        assert Path(r.mask_path).is_file()
+    # A patient-level split keeps each patient's slices together.
+    splits_of = {}
+    for r in records:
+        splits_of.setdefault(r.patient_id, set()).add(r.split)
+    assert all(len(s) == 1 for s in splits_of.values())
+    assert main(["data", "phantom", "--out", str(tmp_path / "bad"), "--patients", "0"]) == 2
+    assert not (tmp_path / "bad").exists()
