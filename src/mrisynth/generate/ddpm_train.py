@@ -31,7 +31,15 @@ from mrisynth import checkpoint
 from mrisynth.config import save_config
 from mrisynth.data.cache import load_cache
 from mrisynth.errors import UserError
-from mrisynth.files import append_jsonl, atomic_path, ensure_writable_dir, read_jsonl, sha256_dir, write_json
+from mrisynth.files import (
+    append_jsonl,
+    atomic_path,
+    ensure_writable_dir,
+    read_jsonl,
+    sha256_dir,
+    write_json,
+    write_text,
+)
 from mrisynth.generate import GENERATOR_JSON
 from mrisynth.generate.ddpm_config import SampleConfig, TrainConfig, check_same_settings
 from mrisynth.generate.ddpm_model import (
@@ -193,6 +201,11 @@ def save_generator(state: TrainState, noise_scheduler: DDPMScheduler, cfg: Train
     })
 
 
+def _drop_records_after(metrics: Path, step: int) -> None:
+    kept = [r for r in read_jsonl(metrics) if r["step"] <= step]
+    write_text(metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+
+
 def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Train (or resume training) a DDPM on the train split of `data_dir`; returns the generator folder."""
     out = ensure_writable_dir(out_dir)
@@ -208,10 +221,7 @@ def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | o
     if (out / CHECKPOINT_DIR).is_dir():
         load_checkpoint(state, out / CHECKPOINT_DIR, data_dir=data_dir)
         log.info("resuming %s from step %d", out, state.step)
-        # Drop loss records written after the checkpoint: those steps are about to be redone.
-        kept = [r for r in read_jsonl(metrics) if r["step"] <= state.step]
-        with atomic_path(metrics) as tmp:
-            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        _drop_records_after(metrics, state.step)  # those steps are about to be redone
     elif metrics.exists():
         metrics.unlink()
 
