@@ -112,6 +112,40 @@ def test_audit_rejects_unknown_class_and_missing_weights(tiny_manifest_dir: Path
                   synthetic_dir=good, out_dir=tmp_path / "b")
 
 
+def test_audit_in_the_classifier_space(tiny_manifest_dir: Path, tmp_path: Path) -> None:
+    """A trained-classifier run folder as `mrisynth.classify` writes it; its penultimate layer is a space."""
+    import yaml
+
+    from mrisynth.classify import build_classifier
+    from mrisynth.classify.checkpoint import save_best
+
+    run = tmp_path / "clf"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"classifier": {"model": "tiny", "image_size": 24}}))
+    save_best(build_classifier("tiny", 3), run, classes=["glioma", "meningioma", "pituitary"])
+    syn = _write_synthetic(tiny_manifest_dir, tmp_path / "syn")
+    result = run_audit(_config(feature_spaces=["stats", "classifier"]), real_dir=tiny_manifest_dir,
+                       synthetic_dir=syn, out_dir=tmp_path / "a", classifier_dir=run)
+    clf = result["feature_spaces"]["classifier"]
+    assert clf["overall"]["dim"] == 32 and clf["overall"]["fd"] >= 0
+    assert result["memorisation"]["features"]["classifier"]["nearest"]["max"] <= 1.0 + 1e-6
+    # 18 training images in 32 dimensions: the audit says FD is unreliable rather than failing.
+    assert any("classifier" in w and "fewer samples" in w for w in result["warnings"])
+
+
+def test_capping_images_per_class_never_hides_a_copy(tiny_manifest_dir: Path, tmp_path: Path) -> None:
+    real = load_cache(tiny_manifest_dir, SIZE)
+    writer = SyntheticWriter(tmp_path / "syn", real.classes, generator_sha256="test")
+    for n, i in enumerate(real.indices("train")):  # every training image, mirrored
+        writer.add(np.ascontiguousarray(real.images[i][:, ::-1]), image_id=f"copy-{n}",
+                   class_name=real.records[i].class_name, seed=n, steps=1)
+    writer.finish()
+    result = run_audit(_config(max_per_class=2), real_dir=tiny_manifest_dir, synthetic_dir=tmp_path / "syn",
+                       out_dir=tmp_path / "a")
+    assert result["counts"]["train"] == {c: 2 for c in real.classes} and result["counts"]["train_searched"] == 18
+    assert result["memorisation"]["pixel"]["n_above"] == 6  # all 6 audited synthetic images are copies
+
+
 def test_audit_rerun_reuses_features_and_gives_same_result(tiny_manifest_dir: Path, tmp_path: Path) -> None:
     syn = _write_synthetic(tiny_manifest_dir, tmp_path / "syn")
     first = run_audit(_config(), real_dir=tiny_manifest_dir, synthetic_dir=syn, out_dir=tmp_path / "a")

@@ -22,7 +22,7 @@ quality.json:
      "diversity": {"image_size": int, "per_class": {class: {"synthetic": D, "real": D}}},
      "memorisation": {"pixel": {...}, "features": {space: {...}}, "img2img": {...} | null,
                       "patients_reproduced": [...], "worst_pairs": [...]},
-     "classes": [...], "counts": {"train": {class: n}, "heldout": n, "synthetic": {class: n}},
+     "classes": [...], "counts": {"train": {class: n}, "train_searched": n, "heldout": n, "synthetic": {class: n}},
      "warnings": ["..."]}
 
     M = {"n_real", "n_synthetic", "dim", "fd", "fd_ci", "kid", "kid_ci", "precision", "recall", "density",
@@ -68,7 +68,9 @@ class AuditConfig:
     inception_weights: str = ""  # torchvision inception_v3 state dict (.pth)
     dinov2_dir: str = ""  # transformers DINOv2 folder (save_pretrained layout)
     radimagenet_weights: str = ""  # torchvision-layout ResNet50 state dict
-    max_per_class: int = 1000  # images per class and set (synthetic, train) entering the audit; 0 = all
+    # Images per class and set entering the audit (synthetic; train for fidelity and diversity); 0 = all.
+    # The memorisation search always covers every training image: a copy of an uncapped one must not escape.
+    max_per_class: int = 1000
     diversity_pairs: int = 500  # random pairs per class for MS-SSIM
     seed: int = 0
     distances: DistanceConfig = dataclasses.field(default_factory=DistanceConfig)
@@ -103,9 +105,11 @@ def run_audit(
     if len(heldout_idx) == 0:
         warnings.append("no val split: the held-out real reference for memorisation is missing")
 
-    # The audited subsets: capped per class, in class order.
-    train_by_class = {c: _cap(_of_class(real, train_idx, c), cfg.max_per_class, rng) for c in classes}
+    # The audited subsets: capped per class, in class order; train_all (uncapped) for the memorisation search.
+    train_all_by_class = {c: _of_class(real, train_idx, c) for c in classes}
+    train_by_class = {c: _cap(train_all_by_class[c], cfg.max_per_class, rng) for c in classes}
     syn_by_class = {c: _cap(_of_class(syn, syn.indices(), c), cfg.max_per_class, rng) for c in classes}
+    train_all = np.concatenate([train_all_by_class[c] for c in classes])
     train_sel = np.concatenate([train_by_class[c] for c in classes])
     syn_sel = np.concatenate([syn_by_class[c] for c in classes])
     if len(syn_sel) == 0:
@@ -114,8 +118,12 @@ def run_audit(
         if len(syn_by_class[c]) == 0:
             warnings.append(f"class '{c}' has no synthetic images: it has no fidelity or diversity figures")
     half_a, half_b = patient_halves(real, train_sel, rng)
+    # Positions: of train_sel rows inside train_all, and of the halves inside train_sel.
+    sel_pos = _positions(train_all, train_sel)
+    a_pos, b_pos = _positions(train_sel, half_a), _positions(train_sel, half_b)
 
-    train_images = np.asarray(real.images[train_sel])  # (T, S, S) uint8
+    train_all_images = np.asarray(real.images[train_all])  # (T_all, S, S) uint8
+    train_images = train_all_images[sel_pos]  # (T, S, S) uint8
     syn_images = np.asarray(syn.images[syn_sel])  # (F, S, S) uint8
     heldout_images = np.asarray(real.images[heldout_idx])
     train_labels = real.labels[train_sel]
@@ -130,21 +138,18 @@ def run_audit(
     warnings += space_warnings
 
     result: dict = {"classes": classes, "feature_spaces": {}, "counts": {
-        "train": {c: int(len(train_by_class[c])) for c in classes}, "heldout": int(len(heldout_idx)),
+        "train": {c: int(len(train_by_class[c])) for c in classes}, "train_searched": int(len(train_all)),
+        "heldout": int(len(heldout_idx)),
         "synthetic": {c: int(len(syn_by_class[c])) for c in classes}}}
     feature_sets: dict[str, dict[str, np.ndarray]] = {}
     metric_rows: list[dict] = []
     for space in tqdm(spaces, desc="feature spaces", leave=False):
-        feats = _embed_all(space, out, cfg, train=train_images, synthetic=syn_images, heldout=heldout_images,
-                           ids=([real.records[i].id for i in train_sel], [syn.records[i].id for i in syn_sel],
+        feats = _embed_all(space, out, cfg, train=train_all_images, synthetic=syn_images, heldout=heldout_images,
+                           ids=([real.records[i].id for i in train_all], [syn.records[i].id for i in syn_sel],
                                 [real.records[i].id for i in heldout_idx]))
         feature_sets[space.name] = feats
-        # Positions of half A / half B inside train_sel.
-        pos = {int(v): k for k, v in enumerate(train_sel)}
-        a_pos = np.array([pos[int(i)] for i in half_a], dtype=np.int64)
-        b_pos = np.array([pos[int(i)] for i in half_b], dtype=np.int64)
         result["feature_spaces"][space.name] = _space_metrics(
-            space.name, feats, classes, train_labels=train_labels, syn_labels=syn_labels, a_pos=a_pos,
+            space.name, {**feats, "train": feats["train"][sel_pos]}, classes, train_labels=train_labels, syn_labels=syn_labels, a_pos=a_pos,
             b_pos=b_pos, cfg=cfg, rng=rng, rows=metric_rows, warnings=warnings)
 
     result["diversity"] = {"image_size": cfg.image_size, "per_class": {
@@ -153,9 +158,9 @@ def run_audit(
         for k, c in enumerate(classes)}}
 
     syn_records = [syn.records[i] for i in syn_sel]
-    train_records = [real.records[i] for i in train_sel]
+    train_records = [real.records[i] for i in train_all]
     memo, nn_rows, worst = run_memorisation(
-        synthetic=syn_images, synthetic_records=syn_records, train=train_images, train_records=train_records,
+        synthetic=syn_images, synthetic_records=syn_records, train=train_all_images, train_records=train_records,
         heldout=heldout_images, all_real_records=real.records, features=feature_sets, cfg=cfg.memorisation)
     warnings += memo.pop("warnings")
     result["memorisation"] = memo
@@ -167,7 +172,7 @@ def run_audit(
          "msssim_lo": (d["msssim_ci"] or [None])[0], "msssim_hi": (d["msssim_ci"] or [None, None])[1]}
         for c, sets in result["diversity"]["per_class"].items() for s, d in sets.items()])
     _write_csv(out / "nearest_neighbours.csv", nn_rows)
-    save_pairs_grid(worst, syn_images, train_images, out / "worst_pairs.png",
+    save_pairs_grid(worst, syn_images, train_all_images, out / "worst_pairs.png",
                     synthetic_ids=[r.id for r in syn_records], train_ids=[r.id for r in train_records])
     write_json(out / "quality.json", result)
     for w in warnings:
@@ -177,6 +182,12 @@ def run_audit(
 
 def _of_class(cache: ImageCache, rows: np.ndarray, class_name: str) -> np.ndarray:
     return np.array([i for i in rows if cache.records[i].class_name == class_name], dtype=np.int64)
+
+
+def _positions(rows: np.ndarray, subset: np.ndarray) -> np.ndarray:
+    """Where each element of `subset` sits in `rows`."""
+    where = {int(v): k for k, v in enumerate(rows)}
+    return np.array([where[int(v)] for v in subset], dtype=np.int64)
 
 
 def _cap(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
@@ -213,7 +224,7 @@ def _embed_all(
 ) -> dict[str, np.ndarray]:
     """Features of the three image sets, reusing OUT/features/<space>.npz when it holds the same images."""
     path = out / "features" / f"{space.name}.npz"
-    key = repr((space.name, cfg.image_size, cfg.inception_weights, cfg.dinov2_dir, cfg.radimagenet_weights, ids))
+    key = repr((space.name, space.source, cfg.image_size, ids))
     if path.is_file():
         with np.load(path, allow_pickle=False) as cached:
             if str(cached["key"]) == key:

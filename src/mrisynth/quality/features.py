@@ -41,6 +41,14 @@ class FeatureSpace:
     name: str
     embed: Callable[[np.ndarray], np.ndarray]  # (N, S, S) uint8 -> (N, D) float64
     standardize: bool = False
+    source: str = ""  # identifies the weights (path, sizes, mtimes): cached features are reused only if equal
+
+
+def weights_stamp(path: str | os.PathLike) -> str:
+    """A cheap identity of a weights file or folder: resolved path, and each file's size and mtime."""
+    path = Path(path).resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return f"{path}|" + ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
 # ----------------------------------------------------------------------------------------------- stats space
@@ -149,11 +157,10 @@ def load_classifier_space(run_dir: str | os.PathLike) -> FeatureSpace:
         raise UserError("this install has no classifier engine (mrisynth.classify); drop 'classifier' from "
                         "feature_spaces or update mrisynth") from exc
     model, info = load_classifier(run_dir)
-    config = info.get("config", {}) if isinstance(info, dict) else {}
-    size = int(config.get("image_size") or info.get("image_size") or 0)
+    size = int(info.get("image_size") or 0)
     if size <= 0:
         raise UserError(f"cannot tell the input size of the classifier in {run_dir}; its info has no image_size")
-    return classifier_space(model, input_size=size)
+    return dataclasses.replace(classifier_space(model, input_size=size), source=weights_stamp(run_dir))
 
 
 def _require_file(path: str, space: str, what: str) -> Path:
@@ -211,7 +218,8 @@ def load_inception_space(weights: str) -> FeatureSpace:
 
     model = inception_v3(weights=None, aux_logits=True, init_weights=False)
     model = _load_backbone(model, _load_state_dict(path), path, "inception")
-    return FeatureSpace("inception", lambda images: embed_with_module(model, images, input_size=299, rgb=True))
+    return FeatureSpace("inception", lambda images: embed_with_module(model, images, input_size=299, rgb=True),
+                        source=weights_stamp(path))
 
 
 def load_radimagenet_space(weights: str) -> FeatureSpace:
@@ -220,7 +228,8 @@ def load_radimagenet_space(weights: str) -> FeatureSpace:
     from torchvision.models import resnet50
 
     model = _load_backbone(resnet50(weights=None), _load_state_dict(path), path, "radimagenet")
-    return FeatureSpace("radimagenet", lambda images: embed_with_module(model, images, input_size=224, rgb=True))
+    return FeatureSpace("radimagenet", lambda images: embed_with_module(model, images, input_size=224, rgb=True),
+                        source=weights_stamp(path))
 
 
 def load_dinov2_space(model_dir: str) -> FeatureSpace:
@@ -235,7 +244,7 @@ def load_dinov2_space(model_dir: str) -> FeatureSpace:
                         f"{str(exc).splitlines()[0]}") from exc
     size = int(model.config.image_size)
     return FeatureSpace("dinov2", lambda images: embed_with_module(
-        model, images, input_size=size, rgb=True, output=lambda out: out.pooler_output))
+        model, images, input_size=size, rgb=True, output=lambda out: out.pooler_output), source=weights_stamp(path))
 
 
 def build_feature_spaces(
