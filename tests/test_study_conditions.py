@@ -89,3 +89,28 @@ def test_trial_order_is_fold_seed_condition_and_names_are_stable():
 def test_bad_settings_are_user_errors(bad):
     with pytest.raises(UserError):
         StudyConfig(**bad)
+
+
+@pytest.mark.parametrize("preset", ["seed", "rigorous", "demo"])
+def test_presets_resolve_against_every_steps_own_config(preset):
+    from mrisynth.study.config import (
+        resolve_audit_config,
+        resolve_classifier_config,
+        resolve_generator_configs,
+        resolve_phantom_config,
+        resolve_prepare_config,
+    )
+
+    cfg = load_config(StudyConfig, preset)
+    train, sample = resolve_generator_configs(cfg, n_per_class=7)
+    assert sample.n_per_class == 7
+    clf = resolve_classifier_config(cfg, seed=3)
+    assert clf.seed == 3
+    resolve_prepare_config(cfg), resolve_audit_config(cfg), resolve_phantom_config(cfg)
+    if preset == "seed":
+        assert (clf.model, clf.epochs, sample.mode, sample.steps) == ("resnet50", 100, "img2img", 50)
+        assert resolve_prepare_config(cfg).split.startswith("file:") and cfg.seeds == [42]
+    if preset == "rigorous":
+        assert len(cfg.seeds) == 5 and len(cfg.controls) == 3 and sample.steps == 1
+    augmented = resolve_classifier_config(cfg, seed=0, extra=cfg.augment_only_classifier)
+    assert augmented.augment.rotation_deg == 30.0
