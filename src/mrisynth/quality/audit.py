@@ -97,40 +97,15 @@ def run_audit(
     if unknown:
         raise UserError(f"synthetic class(es) {', '.join(unknown)} are not classes of {real_dir} "
                         f"({', '.join(classes)}); audit a synthetic set made from this data")
-    train_idx = real.indices("train")
-    if len(train_idx) == 0:
-        raise UserError(f"{real_dir} has no train split; run `mrisynth data prepare` (which splits) first")
-    heldout_idx = real.indices("val")
     warnings: list[str] = []
-    if len(heldout_idx) == 0:
-        warnings.append("no val split: the held-out real reference for memorisation is missing")
-
-    # The audited subsets: capped per class, in class order; train_all (uncapped) for the memorisation search.
-    train_all_by_class = {c: _of_class(real, train_idx, c) for c in classes}
-    train_by_class = {c: _cap(train_all_by_class[c], cfg.max_per_class, rng) for c in classes}
-    syn_by_class = {c: _cap(_of_class(syn, syn.indices(), c), cfg.max_per_class, rng) for c in classes}
-    train_all = np.concatenate([train_all_by_class[c] for c in classes])
-    train_sel = np.concatenate([train_by_class[c] for c in classes])
-    syn_sel = np.concatenate([syn_by_class[c] for c in classes])
-    if len(syn_sel) == 0:
+    sel = _select_rows(real, syn, cfg, rng=rng, warnings=warnings)
+    if len(sel.syn) == 0:
         raise UserError(f"{synthetic_dir} holds no images; generate a synthetic set first")
-    for c in classes:
-        if len(syn_by_class[c]) == 0:
-            warnings.append(f"class '{c}' has no synthetic images: it has no fidelity or diversity figures")
-    half_a, half_b = patient_halves(real, train_sel, rng)
-    # Positions: of train_sel rows inside train_all, and of the halves inside train_sel.
-    sel_pos = _positions(train_all, train_sel)
-    a_pos, b_pos = _positions(train_sel, half_a), _positions(train_sel, half_b)
-
-    train_all_images = np.asarray(real.images[train_all])  # (T_all, S, S) uint8
-    train_images = train_all_images[sel_pos]  # (T, S, S) uint8
-    syn_images = np.asarray(syn.images[syn_sel])  # (F, S, S) uint8
-    heldout_images = np.asarray(real.images[heldout_idx])
-    train_labels = real.labels[train_sel]
-    # Synthetic labels follow the synthetic set's classes.json; map them to the real class order by name.
-    syn_class = np.array([syn.records[i].class_name for i in syn_sel])
-    label_of = {c: i for i, c in enumerate(classes)}
-    syn_labels = np.array([label_of[c] for c in syn_class], dtype=np.int64)
+    train_all_images = np.asarray(real.images[sel.train_all])  # (T_all, S, S) uint8
+    train_images = train_all_images[sel.train_pos]  # (T, S, S) uint8, the capped reference
+    syn_images = np.asarray(syn.images[sel.syn])  # (F, S, S) uint8
+    heldout_images = np.asarray(real.images[sel.heldout])
+    train_labels = real.labels[sel.train]
 
     spaces, space_warnings = build_feature_spaces(
         cfg.feature_spaces, classifier_dir=classifier_dir, inception_weights=cfg.inception_weights,
@@ -138,27 +113,29 @@ def run_audit(
     warnings += space_warnings
 
     result: dict = {"classes": classes, "feature_spaces": {}, "counts": {
-        "train": {c: int(len(train_by_class[c])) for c in classes}, "train_searched": int(len(train_all)),
-        "heldout": int(len(heldout_idx)),
-        "synthetic": {c: int(len(syn_by_class[c])) for c in classes}}}
+        "train": {c: int((train_labels == k).sum()) for k, c in enumerate(classes)},
+        "train_searched": int(len(sel.train_all)), "heldout": int(len(sel.heldout)),
+        "synthetic": {c: int((sel.syn_labels == k).sum()) for k, c in enumerate(classes)}}}
     feature_sets: dict[str, dict[str, np.ndarray]] = {}
     metric_rows: list[dict] = []
     for space in tqdm(spaces, desc="feature spaces", leave=False):
         feats = _embed_all(space, out, cfg, train=train_all_images, synthetic=syn_images, heldout=heldout_images,
-                           ids=([real.records[i].id for i in train_all], [syn.records[i].id for i in syn_sel],
-                                [real.records[i].id for i in heldout_idx]))
+                           ids=([real.records[i].id for i in sel.train_all], [syn.records[i].id for i in sel.syn],
+                                [real.records[i].id for i in sel.heldout]))
         feature_sets[space.name] = feats
         result["feature_spaces"][space.name] = _space_metrics(
-            space.name, {**feats, "train": feats["train"][sel_pos]}, classes, train_labels=train_labels, syn_labels=syn_labels, a_pos=a_pos,
-            b_pos=b_pos, cfg=cfg, rng=rng, rows=metric_rows, warnings=warnings)
+            space.name, {**feats, "train": feats["train"][sel.train_pos]}, classes, train_labels=train_labels,
+            syn_labels=sel.syn_labels, a_pos=sel.half_a, b_pos=sel.half_b, cfg=cfg, rng=rng, rows=metric_rows,
+            warnings=warnings)
 
     result["diversity"] = {"image_size": cfg.image_size, "per_class": {
-        c: {"synthetic": mean_pairwise_msssim(syn_images[syn_labels == k], n_pairs=cfg.diversity_pairs, rng=rng),
+        c: {"synthetic": mean_pairwise_msssim(syn_images[sel.syn_labels == k], n_pairs=cfg.diversity_pairs,
+                                              rng=rng),
             "real": mean_pairwise_msssim(train_images[train_labels == k], n_pairs=cfg.diversity_pairs, rng=rng)}
         for k, c in enumerate(classes)}}
 
-    syn_records = [syn.records[i] for i in syn_sel]
-    train_records = [real.records[i] for i in train_all]
+    syn_records = [syn.records[i] for i in sel.syn]
+    train_records = [real.records[i] for i in sel.train_all]
     memo, nn_rows, worst = run_memorisation(
         synthetic=syn_images, synthetic_records=syn_records, train=train_all_images, train_records=train_records,
         heldout=heldout_images, all_real_records=real.records, features=feature_sets, cfg=cfg.memorisation)
@@ -178,6 +155,44 @@ def run_audit(
     for w in warnings:
         log.warning("%s", w)
     return result
+
+
+@dataclasses.dataclass
+class _Rows:
+    """Which cache rows the audit uses (all arrays in class order)."""
+
+    train_all: np.ndarray  # every training row: the memorisation search space
+    train: np.ndarray  # training rows capped per class: the fidelity and diversity reference
+    train_pos: np.ndarray  # where each `train` row sits in `train_all`
+    half_a: np.ndarray  # positions in `train` of the two patient-disjoint halves (real-vs-real calibration)
+    half_b: np.ndarray
+    syn: np.ndarray  # synthetic rows capped per class
+    syn_labels: np.ndarray  # their labels in the real class order
+    heldout: np.ndarray  # val rows: the real reference for "near"
+
+
+def _select_rows(real: ImageCache, syn: ImageCache, cfg: AuditConfig, *, rng: np.random.Generator,
+                 warnings: list[str]) -> _Rows:
+    train_rows = real.indices("train")
+    if len(train_rows) == 0:
+        raise UserError("the real data has no train split; run `mrisynth data prepare` (which splits) first")
+    heldout = real.indices("val")
+    if len(heldout) == 0:
+        warnings.append("no val split: the held-out real reference for memorisation is missing")
+    classes = list(real.classes)
+    train_all_by_class = [_of_class(real, train_rows, c) for c in classes]
+    train_by_class = [_cap(rows, cfg.max_per_class, rng) for rows in train_all_by_class]
+    syn_by_class = [_cap(_of_class(syn, syn.indices(), c), cfg.max_per_class, rng) for c in classes]
+    for c, rows in zip(classes, syn_by_class):
+        if len(rows) == 0:
+            warnings.append(f"class '{c}' has no synthetic images: it has no fidelity or diversity figures")
+    train_all, train = np.concatenate(train_all_by_class), np.concatenate(train_by_class)
+    half_a, half_b = patient_halves(real, train, rng)
+    # Synthetic labels follow the synthetic set's classes.json; the real class order is by name.
+    syn_labels = np.concatenate([np.full(len(rows), k, dtype=np.int64) for k, rows in enumerate(syn_by_class)])
+    return _Rows(train_all=train_all, train=train, train_pos=_positions(train_all, train),
+                 half_a=_positions(train, half_a), half_b=_positions(train, half_b),
+                 syn=np.concatenate(syn_by_class), syn_labels=syn_labels, heldout=heldout)
 
 
 def _of_class(cache: ImageCache, rows: np.ndarray, class_name: str) -> np.ndarray:
