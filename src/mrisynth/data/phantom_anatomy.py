@@ -177,7 +177,7 @@ def render_anatomy(maps: HeadMaps, z: float, head: Head, *, pixel: float) -> Ana
     img = img * (1 - csf_band) + TISSUE["csf"] * csf_band
 
     if z < SKULL_BASE_Z:
-        img, brain = _skull_base(img, brain, X, Y, z, ax=ax, ay=ay, pixel=pixel)
+        img, brain = _skull_base(img, brain, X, Y, z, inside=soft(depth - inner_skull, pixel), ax=ax, ay=ay, pixel=pixel)
         white = white * brain
     return AnatomySlice(
         image=img.astype(np.float32), depth=depth, brain=brain.astype(np.float32),
@@ -206,7 +206,7 @@ def _deep_structures(par: np.ndarray, X, Y, z: float, head: Head, *, ax: float, 
     for side in (-1, 1):
         # Each ventricle: an ellipse along the antero-posterior axis, the frontal end tilted to the midline.
         tilt = side * 0.08
-        c, sn = np.cos(tilt), np.sin(tilt)
+        c, sn = math.cos(tilt), math.sin(tilt)
         dx, dy = X - side * 0.095 * ax, Y + 0.06 * ay
         u, v = c * dx + sn * dy, -sn * dx + c * dy
         d = ellipse_depth(u, v, 0.0, 0.0, 0.05 * ax * s + 0.012, 0.26 * ay * math.sqrt(presence))
@@ -214,23 +214,32 @@ def _deep_structures(par: np.ndarray, X, Y, z: float, head: Head, *, ax: float, 
     return par
 
 
-def _skull_base(img, brain, X, Y, z: float, *, ax: float, ay: float, pixel: float):
-    """At low levels: orbits with globes in front, the sphenoid sinus in the middle, the sella behind it."""
+def _skull_base(img, brain, X, Y, z: float, *, inside: np.ndarray, ax: float, ay: float, pixel: float):
+    """At low levels: orbits in front, the sphenoid sinus in the middle, the sella and brainstem behind."""
     t = float(np.clip((SKULL_BASE_Z - z) / 0.25, 0.0, 1.0))  # 0 at the transition, 1 fully in the skull base
-    face = soft(ellipse_depth(X, Y, 0.0, -0.62 * ay, 0.62 * ax * t + 1e-3, 0.55 * ay * t + 1e-3), 4 * pixel)
-    sinus = soft(ellipse_depth(X, Y, 0.0, -0.30 * ay, 0.13 * ax * t + 1e-3, 0.17 * ay * t + 1e-3), 2 * pixel)
-    img = img * (1 - face) + TISSUE["orbit_fat"] * (0.75 + 0.5 * np.cos(9 * X) * np.cos(7 * Y)) * face
+    if t == 0.0:
+        return img, brain
+    # The anterior skull base: muscle and bone of the face in front, rimmed by dark cortical bone.
+    face_d = ellipse_depth(X, Y, 0.0, -0.74 * ay, 0.72 * ax * t, 0.52 * ay * t)
+    face = soft(face_d, 2 * pixel) * inside  # (H, W): within the skull, the scalp and bone stay
+    rim = soft(0.018 - np.abs(face_d), pixel) * inside
+    img = img * (1 - face) + 0.26 * face
     for side in (-1, 1):
-        globe = soft(ellipse_depth(X, Y, side * 0.36 * ax, -0.74 * ay, 0.13 * ax * t + 1e-3, 0.11 * ay * t + 1e-3), pixel)
-        img = img * (1 - globe) + TISSUE["vitreous"] * globe
+        # Globe (dark vitreous) in bright orbital fat.
+        fat = soft(ellipse_depth(X, Y, side * 0.34 * ax, -0.70 * ay, 0.22 * ax * t, 0.19 * ay * t), 3 * pixel)
+        globe = soft(ellipse_depth(X, Y, side * 0.36 * ax, -0.72 * ay, 0.13 * ax * t, 0.11 * ay * t), pixel) * inside
+        img = img + fat * face * (TISSUE["orbit_fat"] - img)
+        img = img + globe * (TISSUE["vitreous"] - img)
+    img = img * (1 - rim) + TISSUE["skull"] * rim
+    sinus = soft(ellipse_depth(X, Y, 0.0, -0.26 * ay, 0.10 * ax * t + 1e-3, 0.09 * ay * t + 1e-3), pixel)
     img = img * (1 - sinus) + TISSUE["sinus"] * sinus
     brain = brain * (1 - np.maximum(face, sinus))
     # Normal pituitary gland at the sella (every class has one: a small adenoma must compete with it).
     gland = soft(ellipse_depth(X, Y, 0.0, SELLA_Y * ay, 0.07 * ax, 0.05 * ay), pixel) * t
     img = img + gland * (TISSUE["gland"] - img)
-    # Brainstem in a dark cistern behind the sella.
-    cistern = soft(ellipse_depth(X, Y, 0.0, 0.22 * ay, 0.20 * ax, 0.16 * ay), pixel) * t
-    stem = soft(ellipse_depth(X, Y, 0.0, 0.24 * ay, 0.15 * ax, 0.12 * ay), pixel) * t
+    # Brainstem (pons) behind the sella, in a thin rim of CSF.
+    cistern = soft(ellipse_depth(X, Y, 0.0, 0.24 * ay, 0.17 * ax, 0.135 * ay), pixel) * t
+    stem = soft(ellipse_depth(X, Y, 0.0, 0.25 * ay, 0.15 * ax, 0.12 * ay), pixel) * t
     img = img + cistern * (TISSUE["csf"] - img)
     img = img + stem * (TISSUE["white"] - img)
     return img, brain
