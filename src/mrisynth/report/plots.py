@@ -59,7 +59,7 @@ def plot_metric_vs_ratio(summary: dict) -> bytes:
     ax.set_ylabel("score")
     ax.set_title("Metric vs synthetic ratio (bands: 95% CI across seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the bands stay visible
     return _png(fig)
 
 
@@ -74,7 +74,7 @@ def plot_recall_vs_ratio(summary: dict) -> bytes:
     ax.set_ylabel("test recall")
     ax.set_title("Per-class recall vs synthetic ratio")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)
 
 
@@ -106,9 +106,14 @@ def read_curves(metrics_jsonl: Path) -> dict[str, list[tuple[float, float]]]:
             break
         epoch = record.get("epoch", i)
         for key, value in _flatten(record).items():
-            if ("loss" in key or "accuracy" in key) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if _is_curve(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
                 curves.setdefault(key, []).append((float(epoch), float(value)))
     return curves
+
+
+def _is_curve(key: str) -> bool:
+    """Loss and accuracy series ("train_loss", "val_acc", "val_accuracy"...), not timings or learning rates."""
+    return key.endswith(("loss", "acc", "accuracy"))
 
 
 def _flatten(record: dict, prefix: str = "") -> dict:
