@@ -65,8 +65,9 @@ def main() -> None:
     if args.guidance is not None:
         sample["guidance"] = args.guidance
     sample_cfg = from_dict(ddpm.SampleConfig, sample)
+    syn_dir = out / f"synthetic-{sample_cfg.sampler}-{sample_cfg.steps}-g{sample_cfg.guidance:g}"
     tick = time.perf_counter()
-    ddpm.run_sample(out / "gen", sample_cfg, out_dir=out / "synthetic")
+    ddpm.run_sample(out / "gen", sample_cfg, out_dir=syn_dir)
     sample_s = time.perf_counter() - tick
     figures.update(sample_s=round(sample_s, 1), sampler=sample_cfg.sampler, sample_steps=sample_cfg.steps,
                    guidance=sample_cfg.guidance)
@@ -76,13 +77,13 @@ def main() -> None:
     model, info = load_classifier(out / "classifier")
     real = load_cache(out / "data", args.size)
     test_rows = real.indices("test")
-    syn = load_cache(out / "synthetic", args.size)
+    syn = load_cache(syn_dir, args.size)
     figures["images_per_s"] = round(len(syn) / max(sample_s, 1e-9), 1) if sample_s > 5 else None
     for name, images, labels in (
         ("real_test", real.images[test_rows], real.labels[test_rows]),
         ("synthetic", syn.images, syn.labels),
     ):
-        metrics, _ = evaluate(model, np.ascontiguousarray(images), labels, batch_size=128, device="cpu")
+        metrics, _ = evaluate(model, np.array(images), labels, batch_size=128, device="cpu")
         figures[f"{name}_accuracy"] = round(float(metrics["accuracy"]), 4)
         figures[f"{name}_n"] = len(labels)
     figures["chance"] = round(1 / len(info["classes"]), 4)
