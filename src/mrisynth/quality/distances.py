@@ -3,6 +3,8 @@
 All functions take (N, D) float arrays. `compare_sets` bundles them with intervals:
 
     fd, fd_ci        Frechet distance (Heusel et al. 2017) on the full sets; 95% bootstrap percentile interval
+                     (resampled sets hold duplicates, which inflate FD: the interval sits mostly above the point
+                     value; it shows spread for comparing sets of equal size, not exact coverage)
     kid, kid_ci      unbiased MMD^2 with the cubic polynomial kernel (Binkowski et al. 2018), mean over random
                      subsets; the interval is the 2.5-97.5 percentiles of the subset estimates (subsampling
                      without replacement: duplicates from resampling would bias the unbiased estimator)
