@@ -124,8 +124,15 @@ def render_patient(cfg: PhantomConfig, index: int, kind: str) -> list[tuple[str,
     return out
 
 
-def _render_job(job: tuple[PhantomConfig, int, str]) -> list[tuple[str, float, np.ndarray, np.ndarray]]:
-    return render_patient(*job)
+def _render_job(job: tuple[PhantomConfig, int, str, Path]) -> list[tuple[str, str, str, str, str]]:
+    """Render one patient and save its PNGs under `root` (in the worker: encoding runs in parallel too)."""
+    cfg, index, kind, root = job
+    rows = []
+    for image_id, level, img, mask in render_patient(cfg, index, kind):
+        save_grayscale_png(img, root / "images" / kind / f"{image_id}.png")
+        save_grayscale_png(mask, root / "masks" / kind / f"{image_id}.png")
+        rows.append((image_id, patient_id(index), kind, image_id[-2:], f"{level:.4f}"))
+    return rows
 
 
 def run_phantom(cfg: PhantomConfig, out_dir: str | os.PathLike) -> Path:
@@ -136,7 +143,6 @@ def run_phantom(cfg: PhantomConfig, out_dir: str | os.PathLike) -> Path:
         raise UserError(f"{out_dir} exists and is not a phantom folder; choose a new --out or empty it")
     ensure_writable_dir(out_dir.parent)
     classes = assign_classes(cfg)
-    jobs = [(cfg, i, kind) for i, kind in enumerate(classes)]
     workers = cfg.workers or min(2, os.cpu_count() or 1)
     rows = []
     # Written into a temporary folder renamed at the end: a crash never leaves a half phantom behind.
@@ -144,14 +150,11 @@ def run_phantom(cfg: PhantomConfig, out_dir: str | os.PathLike) -> Path:
         for kind in CLASSES:
             (tmp / "images" / kind).mkdir(parents=True)
             (tmp / "masks" / kind).mkdir(parents=True)
+        jobs = [(cfg, i, kind, tmp) for i, kind in enumerate(classes)]
         with ProcessPoolExecutor(workers) if workers > 1 else _InlineExecutor() as pool:
             results = pool.map(_render_job, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
-            bar = tqdm(zip(jobs, results), total=len(jobs), unit="patient", desc="phantom", leave=False)
-            for (_, index, kind), slices in bar:
-                for image_id, level, img, mask in slices:
-                    save_grayscale_png(img, tmp / "images" / kind / f"{image_id}.png")
-                    save_grayscale_png(mask, tmp / "masks" / kind / f"{image_id}.png")
-                    rows.append((image_id, patient_id(index), kind, image_id[-2:], f"{level:.4f}"))
+            for patient_rows in tqdm(results, total=len(jobs), unit="patient", desc="phantom", leave=False):
+                rows.extend(patient_rows)
         _write_metadata(rows, tmp / METADATA_NAME)
         save_config(cfg, tmp / "config.yaml")
     log.info("phantom: %d patients, %d slices at %d px in %s", cfg.patients, len(rows), cfg.size, out_dir)
