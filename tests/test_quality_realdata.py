@@ -18,7 +18,7 @@ def test_figshare_copies_flagged_and_heldout_patients_not(figshare_dir: Path, tm
     data = tmp_path / "data"
     assert main(["-q", "data", "prepare", str(figshare_dir / "images"), "--metadata",
                  str(figshare_dir / "patients.csv"), "--split", "patient", "--out", str(data)]) == 0
-    real = load_cache(data, 64)
+    real = load_cache(data, 128)  # the audit's default size: 64 px thumbnails average pixel noise
     rng = np.random.default_rng(0)
     writer = SyntheticWriter(tmp_path / "syn", real.classes, generator_sha256="test")
     # 60 slices of unseen (test-split) patients: a perfect generator that copies nobody in train.
@@ -27,11 +27,11 @@ def test_figshare_copies_flagged_and_heldout_patients_not(figshare_dir: Path, tm
                    seed=n, steps=1)
     copied = rng.choice(real.indices("train"), 20, replace=False)
     for n, i in enumerate(copied):  # mirrored, lightly noised training slices
-        noisy = np.asarray(real.images[i])[:, ::-1] + rng.normal(0, 5, (64, 64))
+        noisy = np.asarray(real.images[i])[:, ::-1] + rng.normal(0, 5, (128, 128))
         writer.add(np.clip(noisy, 0, 255).astype(np.uint8), image_id=f"copy-{n}",
                    class_name=real.records[i].class_name, seed=n, steps=1)
     writer.finish()
-    cfg = AuditConfig(image_size=64, feature_spaces=["stats"], max_per_class=300, diversity_pairs=50)
+    cfg = AuditConfig(image_size=128, feature_spaces=["stats"], max_per_class=300, diversity_pairs=50)
     result = run_audit(cfg, real_dir=data, synthetic_dir=tmp_path / "syn", out_dir=tmp_path / "audit")
     memo = result["memorisation"]
     flagged = {p["synthetic_id"] for p in memo["worst_pairs"] if p["correlation"] >= cfg.memorisation.pixel_threshold}
