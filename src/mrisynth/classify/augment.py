@@ -62,12 +62,22 @@ def affine_matrices(params: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def augment_batch(images_u8: torch.Tensor, cfg: AugmentConfig, *, generator: torch.Generator) -> torch.Tensor:
     """(B, 1, H, W) uint8 on any device -> augmented (B, 1, H, W) float32 in [0, 1] on the same device."""
-    x = to_unit_float(images_u8)
     if not cfg.enabled:
+        return to_unit_float(images_u8)
+    params = random_affine_params(images_u8.shape[0], cfg, generator=generator, device=images_u8.device)
+    return apply_augmentation(images_u8, params)
+
+
+def apply_augmentation(images_u8: torch.Tensor, params: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """Apply drawn parameters (None = no augmentation): (B, 1, H, W) uint8 -> float32 in [0, 1].
+
+    Kept apart from the draw so that data-parallel processes can draw a global batch's parameters and each
+    apply its own slice of them.
+    """
+    x = to_unit_float(images_u8)
+    if params is None:
         return x
-    params = random_affine_params(x.shape[0], cfg, generator=generator, device=x.device)
     theta = affine_matrices(params)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return (x * params["brightness"].view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
-

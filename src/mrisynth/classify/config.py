@@ -31,7 +31,8 @@ class ClassifierConfig:
     weights: str | None = None  # None (from scratch) | "imagenet" | path to .pth/.safetensors
     image_size: int = 224
     epochs: int = 100
-    batch_size: int = 16
+    batch_size: int = 16  # global batch per optimizer step, whatever the number of processes
+    grad_accum_steps: int = 1  # micro-batches per step on each process (batch_size / (processes x this) each)
     eval_batch_size: int = 128
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 1e-3

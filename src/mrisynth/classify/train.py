@@ -25,13 +25,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mrisynth.checkpoint import capture_rng, load_state, restore_rng, save_state
-from mrisynth.classify.augment import augment_batch, to_unit_float
+from mrisynth.classify.augment import apply_augmentation, random_affine_params, to_unit_float
 from mrisynth.classify.checkpoint import LAST_NAME, load_best, model_state, save_best
 from mrisynth.classify.config import AugmentConfig, ClassifierConfig
 from mrisynth.classify.data import DeviceSet, PreparedData, TrainData, epoch_order, load_train_data
 from mrisynth.classify.metrics import classification_metrics
 from mrisynth.classify.models import build_classifier
 from mrisynth.config import save_config, to_dict
+from mrisynth.distributed import SINGLE_PROCESS, DistContext, init_distributed, main_process_first
 from mrisynth.errors import UserError
 from mrisynth.files import append_jsonl, ensure_writable_dir, read_json, write_json, write_text
 from mrisynth.seeding import derive_seed, seed_everything
@@ -124,38 +125,50 @@ def train_one_epoch(
     amp: bool = False,
     channels_last: bool = False,
     step_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    dist: DistContext = SINGLE_PROCESS,
+    accum: int = 1,
     desc: str = "train",
 ) -> dict:
-    """One pass over `order`: augment on the device, forward, backward, step. Returns loss/accuracy/throughput."""
+    """One pass over `order`: augment on the device, forward, backward, step. Returns loss/accuracy/throughput.
+
+    `batch_size` is the global batch of one optimizer step; under data parallelism (`dist`) and/or gradient
+    accumulation (`accum`) this process computes its chunks of it (see mrisynth.distributed).
+    """
     model.train()
     device = train.images.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
+    parts = dist.world_size * accum
+    totals = torch.zeros(3, device=device)  # loss sum, correct, seen (this process's share)
     start = time.perf_counter()
-    for first in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, unit="batch"):
+    for first in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, unit="batch", disable=not dist.is_main):
         idx = order[first:first + batch_size]
-        if len(idx) == 1 and first > 0:
+        idx = idx[:len(idx) - len(idx) % parts]  # a short last batch is trimmed to split evenly (no-op for one process)
+        if len(idx) == 0 or (len(idx) == parts and first > 0):
             break  # BatchNorm cannot train on a lone sample whose features are 1x1
-        x = augment_batch(train.images[idx], augment, generator=generator)  # (B, 1, S, S) in [0, 1]
-        y = train.labels[idx]
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        # Draw the whole global batch's augmentation so every process consumes the generator identically.
+        params = random_affine_params(len(idx), augment, generator=generator, device=device) if augment.enabled else None
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        chunks = dist.chunks(len(idx), accum)
+        for k, part in enumerate(chunks):
+            rows = idx[part]
+            x = apply_augmentation(train.images[rows], None if params is None else {n: v[part] for n, v in params.items()})
+            y = train.labels[rows]  # x: (b, 1, S, S) in [0, 1]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with dist.no_sync(model, skip=k < len(chunks) - 1):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                (loss / accum).backward()
+            # accumulate on the device: no host sync per step
+            totals += torch.stack([loss.detach() * len(rows), (logits.argmax(1) == y).sum().float(),
+                                   torch.tensor(float(len(rows)), device=device)])
         optimizer.step()
         if step_scheduler is not None:
             step_scheduler.step()
-        # accumulate on the device: no host sync per step
-        loss_sum += loss.detach() * len(idx)
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(idx)
-    train_loss, train_acc = loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+    loss_sum, correct, seen = dist.all_sum(totals).tolist()
     seconds = time.perf_counter() - start
-    return {"train_loss": train_loss, "train_acc": train_acc, "images": seen, "train_seconds": seconds}
+    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "images": int(seen),
+            "train_seconds": seconds}
 
 
 @torch.no_grad()
@@ -208,13 +221,17 @@ def fit(
         data, real_dir=Path(data.real_dir).resolve(),
         synthetic_dir=None if data.synthetic_dir is None else Path(data.synthetic_dir).resolve(),
     )
-    _save_or_check_config(RunConfig(classifier=cfg, data=data), out_dir)
     device = resolve_device(cfg.device)
+    dist = init_distributed(backend_device=device.type)  # a world of one unless started by a launcher
+    device = dist.device(device)
+    if dist.is_main:
+        _save_or_check_config(RunConfig(classifier=cfg, data=data), out_dir)
     on_gpu = device.type == "cuda"
     amp, channels_last = cfg.amp and on_gpu, cfg.channels_last and on_gpu
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
 
-    sets = load_train_data(data, image_size=cfg.image_size, device=device)
+    with main_process_first(dist):  # the main process builds missing caches; the others then read them
+        sets = load_train_data(data, image_size=cfg.image_size, device=device)
     model = build_classifier(cfg.model, len(sets.classes), weights=cfg.weights).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -237,47 +254,60 @@ def fit(
         restore_rng(state["rng"])
         start_epoch = state["epoch"] + 1
         log.info("resuming %s after epoch %d", out_dir, state["epoch"])
-    # metrics.jsonl mirrors the checkpointed history (a crash between the two writes leaves no stray line)
-    write_text(out_dir / METRICS_NAME, "")
-    for record in history:
-        append_jsonl(out_dir / METRICS_NAME, record)
+    if dist.is_main:
+        # metrics.jsonl mirrors the checkpointed history (a crash between the two writes leaves no stray line)
+        write_text(out_dir / METRICS_NAME, "")
+        for record in history:
+            append_jsonl(out_dir / METRICS_NAME, record)
 
-    net = torch.compile(model) if cfg.compile and on_gpu else model
+    net = dist.wrap(model)
+    net = torch.compile(net) if cfg.compile and on_gpu else net
     gen_device = device if on_gpu else torch.device("cpu")
     for epoch in range(start_epoch, cfg.epochs):
         if stopper.stopped:
             break
         t0 = time.perf_counter()
-        # Each epoch draws from its own seed, so a resumed run sees the same shuffles and augmentations.
+        # Each epoch draws from its own seed, so a resumed run sees the same shuffles and augmentations
+        # (and every data-parallel process the same global batches).
         generator = torch.Generator(device=gen_device).manual_seed(derive_seed(cfg.seed, "epoch", epoch))
         order = epoch_order(len(sets.train), samples, generator=generator).to(device)
         lr = optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(
             net, optimizer, sets.train, order, augment=cfg.augment, generator=generator,
             batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing, amp=amp, channels_last=channels_last,
-            step_scheduler=scheduler if per_step else None, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            step_scheduler=scheduler if per_step else None, dist=dist, accum=cfg.grad_accum_steps,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
         )
+        # Every process evaluates (identical weights, identical data) so all take the same stopping decisions.
         val, _ = evaluate(net, sets.val.images, sets.val.labels, batch_size=cfg.eval_batch_size, device=device,
                           classes=sets.classes, amp=amp)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(val["loss"])
-        if stopper.update(val["loss"], epoch):
+        if stopper.update(val["loss"], epoch) and dist.is_main:
             save_best(model, out_dir, classes=sets.classes)
         record = {"epoch": epoch, **stats, "val_loss": val["loss"], "val_acc": val["accuracy"], "lr": lr,
                   "seconds": time.perf_counter() - t0}
         history.append(record)
-        save_state({
-            "model": model_state(model), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "early_stopping": dataclasses.asdict(stopper), "history": history, "rng": capture_rng(), "epoch": epoch,
-        }, out_dir / LAST_NAME)
-        append_jsonl(out_dir / METRICS_NAME, record)
+        if dist.is_main:
+            save_state({
+                "model": model_state(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                "early_stopping": dataclasses.asdict(stopper), "history": history, "rng": capture_rng(),
+                "epoch": epoch,
+            }, out_dir / LAST_NAME)
+            append_jsonl(out_dir / METRICS_NAME, record)
         log.info("epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f", epoch + 1, stats["train_loss"],
                  stats["train_acc"], val["loss"], val["accuracy"])
+        dist.barrier()  # checkpoint complete before anyone moves on (or is killed)
         if callback is not None:
             callback(record)
 
-    return _finish(model, cfg, sets, out_dir, history=history, stopper=stopper, device=device, amp=amp)
+    if not dist.is_main:
+        dist.barrier()  # wait for the main process to evaluate and write result.json
+        return read_json(out_dir / RESULT_NAME)
+    result = _finish(model, cfg, sets, out_dir, history=history, stopper=stopper, device=device, amp=amp)
+    dist.barrier()
+    return result
 
 
 def _finish(
@@ -335,7 +365,7 @@ def _write_predictions(path: Path, rows: list[tuple[str, DeviceSet, np.ndarray]]
 
 
 def _check_settings(cfg: ClassifierConfig) -> None:
-    for key in ("epochs", "batch_size", "eval_batch_size"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps"):
         if getattr(cfg, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if cfg.image_size < 8:
