@@ -47,3 +47,14 @@ def tiny_manifest_dir(tmp_path: Path) -> Path:
     save_manifest(records, data_dir / "manifest.csv")
     save_classes(classes, data_dir)
     return data_dir
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread; two threads fight over CI's two cores (4-10x slower measured)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -32,6 +32,7 @@ from mrisynth.classify.data import DeviceSet, PreparedData, TrainData, epoch_ord
 from mrisynth.classify.metrics import classification_metrics
 from mrisynth.classify.models import build_classifier
 from mrisynth.config import save_config, to_dict
+from mrisynth.devices import resolve_device
 from mrisynth.distributed import SINGLE_PROCESS, DistContext, init_distributed, main_process_first
 from mrisynth.errors import UserError
 from mrisynth.files import append_jsonl, ensure_writable_dir, read_json, write_json, write_text
@@ -71,14 +72,6 @@ class EarlyStopping:
         self.wait += 1
         self.stopped = self.patience is not None and self.wait >= self.patience
         return False
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' requested but no CUDA GPU is visible; use --set device=cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def build_optimizer(cfg: ClassifierConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -20,15 +20,6 @@ from mrisynth.errors import UserError
 from mrisynth.generate.ddpm_config import TrainConfig
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; asking for cuda without one is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' was asked for but no CUDA GPU is visible; use --set device=cpu")
-    return torch.device(name)
-
-
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on a GPU (about twice as fast, same quality for diffusion); plain fp32 on the CPU."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

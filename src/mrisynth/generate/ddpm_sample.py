@@ -12,6 +12,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
 from mrisynth.config import save_config
+from mrisynth.devices import resolve_device
 from mrisynth.errors import UserError
 from mrisynth.files import sha256_dir
 from mrisynth.generate import read_generator_info
@@ -20,7 +21,6 @@ from mrisynth.generate.ddpm_model import (
     build_sampler,
     denoise,
     patch_size,
-    resolve_device,
     seeded_noise,
     to_uint8_images,
 )

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from mrisynth import checkpoint
 from mrisynth.config import save_config
 from mrisynth.data.cache import load_cache
+from mrisynth.devices import resolve_device
 from mrisynth.errors import UserError
 from mrisynth.files import (
     append_jsonl,
@@ -49,7 +50,6 @@ from mrisynth.generate.ddpm_model import (
     build_unet,
     denoise,
     ema_decay_at,
-    resolve_device,
     save_grid,
     seeded_noise,
     to_model_space,

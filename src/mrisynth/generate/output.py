@@ -20,6 +20,7 @@ import numpy as np
 
 from mrisynth.data.images import save_grayscale_png
 from mrisynth.data.manifest import ImageRecord, save_classes, save_manifest
+from mrisynth.errors import UserError
 from mrisynth.files import atomic_path, ensure_writable_dir, sha256_file
 
 _SIDECAR = ".provenance.jsonl"
@@ -44,6 +45,11 @@ class SyntheticWriter:
                 rec = ImageRecord(**json.loads(line))
             except (json.JSONDecodeError, TypeError):
                 break  # torn last line after a crash
+            if rec.generator_sha256 != generator_sha256:
+                raise UserError(
+                    f"{self.out_dir} holds images from another generator (sha256 {rec.generator_sha256[:12]}...); "
+                    "sample into a new --out folder, or delete this one"
+                )
             if Path(rec.path).is_file():
                 self._records[rec.id] = rec
 

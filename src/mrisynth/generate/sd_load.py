@@ -29,15 +29,6 @@ LORA_DIR = "lora"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """`auto` -> the GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' requested but no GPU is visible; use --set device=cpu")
-    return torch.device(name)
-
-
 def resolve_model_dir(model: str) -> Path:
     """A local pipeline folder for `model` (a folder path or a Hugging Face id already in the local cache)."""
     path = Path(model).expanduser()

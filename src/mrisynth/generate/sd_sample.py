@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from mrisynth.config import save_config
 from mrisynth.data.cache import load_cache
 from mrisynth.data.images import fit_square
+from mrisynth.devices import resolve_device
 from mrisynth.errors import UserError
 from mrisynth.generate import read_generator_info
 from mrisynth.generate.output import SyntheticWriter, synthetic_id
@@ -31,7 +32,6 @@ from mrisynth.generate.sd_load import (
     load_scheduler_config,
     load_text_stack,
     load_vae,
-    pick_device,
 )
 from mrisynth.seeding import derive_seed
 
@@ -126,7 +126,7 @@ def sample_sd(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | o
     """Write `cfg.n_per_class` images per class from the generator in `gen_dir` to `out_dir` (resumable)."""
     info = read_generator_info(gen_dir)
     _check(cfg)
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.precision, device)
     classes = list(info["classes"])
     writer = SyntheticWriter(out_dir, classes, generator_sha256=generator_checksum(gen_dir, info))

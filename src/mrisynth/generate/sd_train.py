@@ -27,6 +27,7 @@ from mrisynth import checkpoint
 from mrisynth.config import save_config, to_dict
 from mrisynth.data.cache import load_cache
 from mrisynth.data.images import save_grayscale_png
+from mrisynth.devices import resolve_device
 from mrisynth.errors import UserError
 from mrisynth.files import append_jsonl, atomic_path, ensure_writable_dir, read_jsonl, write_json, write_text
 from mrisynth.generate import GENERATOR_JSON
@@ -37,7 +38,6 @@ from mrisynth.generate.sd_load import (
     load_scheduler_config,
     load_unet,
     load_vae,
-    pick_device,
     resolve_model_dir,
     save_full_pipeline,
     save_lora,
@@ -56,7 +56,7 @@ def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
     _check(cfg)
     out = ensure_writable_dir(out_dir)
     data_dir = Path(data_dir).resolve()
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     model_dir = resolve_model_dir(cfg.model)
     cache = load_cache(data_dir, cfg.size)
