@@ -18,7 +18,7 @@ from mrisynth.errors import UserError
 from mrisynth.files import read_json, read_jsonl, sha256_dir
 from mrisynth.generate import ddpm
 from mrisynth.generate.ddpm_model import seeded_noise
-from mrisynth.generate.ddpm_train import diffusion_loss
+from mrisynth.generate.ddpm_train import diffusion_loss, draw_noise
 
 TINY = ddpm.TRAIN_PRESETS["tiny"]
 
@@ -74,7 +74,8 @@ def test_loss_falls_on_a_fixed_batch():
     losses = []
     for _ in range(40):
         rng = torch.Generator().manual_seed(0)  # same noise and timesteps each step: a fixed batch
-        loss = diffusion_loss(unet, scheduler, x0, labels, patch=1, rng=rng)
+        noise, t = draw_noise(scheduler, x0, patch=1, rng=rng)
+        loss = diffusion_loss(unet, scheduler, x0, labels, patch=1, noise=noise, t=t)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -59,6 +59,8 @@ class DistContext:
 
     def chunks(self, global_batch: int, accum: int = 1) -> list[slice]:
         """The slices of a global batch this process computes: its 1/world share, cut into `accum` micro-batches."""
+        if accum < 1:
+            raise UserError(f"grad_accum_steps must be at least 1, got {accum}")
         parts = self.world_size * accum
         if global_batch % parts:
             raise UserError(

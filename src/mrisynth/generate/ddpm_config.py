@@ -33,7 +33,8 @@ class TrainConfig:
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     # Optimisation
     steps: int = 2000
-    batch_size: int = 32
+    batch_size: int = 32  # global batch per step, whatever the number of processes
+    grad_accum_steps: int = 1  # micro-batches per step on each process
     lr: float = 2e-4
     warmup_steps: int = 50  # linear warm-up, then constant (so `steps` can be raised and training resumed)
     weight_decay: float = 0.0

@@ -31,6 +31,7 @@ from mrisynth import checkpoint
 from mrisynth.config import save_config
 from mrisynth.data.cache import load_cache
 from mrisynth.devices import resolve_device
+from mrisynth.distributed import init_distributed, main_process_first
 from mrisynth.errors import UserError
 from mrisynth.files import (
     append_jsonl,
@@ -112,6 +113,16 @@ def draw_batch(data: TrainingData, cfg: TrainConfig, *, rng: torch.Generator) ->
     return x, labels
 
 
+def draw_noise(
+    noise_scheduler: DDPMScheduler, x0: torch.Tensor, *, patch: int, rng: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise and timesteps for a batch `x0` (B, 1, S, S): drawn once per step, for the whole global batch."""
+    shape = to_model_space(x0[:1], patch).shape[1:]
+    noise = torch.randn((len(x0), *shape), generator=rng, device=x0.device)
+    t = torch.randint(noise_scheduler.config.num_train_timesteps, (len(x0),), generator=rng, device=x0.device)
+    return noise, t
+
+
 def diffusion_loss(
     model: torch.nn.Module,
     noise_scheduler: DDPMScheduler,
@@ -119,12 +130,14 @@ def diffusion_loss(
     labels: torch.Tensor,  # (B,)
     *,
     patch: int,
-    rng: torch.Generator,
+    noise: torch.Tensor,  # (B, p*p, S/p, S/p), from draw_noise
+    t: torch.Tensor,  # (B,)
 ) -> torch.Tensor:
-    """MSE between the model's prediction and the true noise (or velocity) at a random timestep."""
+    """MSE between the model's prediction and the true noise (or velocity) at timesteps `t`.
+
+    Data-parallel processes call it on their part of one global batch (rows of x0, labels, noise, t alike).
+    """
     x0 = to_model_space(x0, patch)  # (B, p*p, S/p, S/p)
-    noise = torch.randn(x0.shape, generator=rng, device=x0.device)
-    t = torch.randint(noise_scheduler.config.num_train_timesteps, (len(x0),), generator=rng, device=x0.device)
     xt = noise_scheduler.add_noise(x0, noise, t)
     target = noise if noise_scheduler.config.prediction_type == "epsilon" else noise_scheduler.get_velocity(x0, noise, t)
     with autocast(x0.device):
@@ -211,9 +224,13 @@ def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | o
     out = ensure_writable_dir(out_dir)
     data_dir = str(Path(data_dir).resolve())
     check_same_settings(out / "config.yaml", cfg, may_change=_MAY_CHANGE)
-    save_config(cfg, out / "config.yaml")
     device = resolve_device(cfg.device)
-    data = load_training_data(data_dir, cfg, device=device)
+    dist = init_distributed(backend_device=device.type)  # a world of one unless started by a launcher
+    device = dist.device(device)
+    if dist.is_main:
+        save_config(cfg, out / "config.yaml")
+    with main_process_first(dist):  # the main process builds a missing cache, the others then read it
+        data = load_training_data(data_dir, cfg, device=device)
     n_classes = len(data.classes)
     state = build_state(cfg, n_classes, device=device)
     noise_scheduler = build_noise_scheduler(cfg)
@@ -221,47 +238,60 @@ def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | o
     if (out / CHECKPOINT_DIR).is_dir():
         load_checkpoint(state, out / CHECKPOINT_DIR, data_dir=data_dir)
         log.info("resuming %s from step %d", out, state.step)
-        _drop_records_after(metrics, state.step)  # those steps are about to be redone
-    elif metrics.exists():
+        if dist.is_main:
+            _drop_records_after(metrics, state.step)  # those steps are about to be redone
+    elif metrics.exists() and dist.is_main:
         metrics.unlink()
+    dist.barrier()
 
     model = state.unet
     if device.type == "cuda":  # GPU fast path; the CPU path stays plain so it is bit-for-bit reproducible
         model = model.to(memory_format=torch.channels_last)
-        if cfg.compile:
-            model = torch.compile(model)
+    model = dist.wrap(model)
+    if device.type == "cuda" and cfg.compile:
+        model = torch.compile(model)
+    chunks = dist.chunks(cfg.batch_size, cfg.grad_accum_steps)
     log.info("training on %d images, %d classes, %s, %d steps", len(data.images), n_classes, device, cfg.steps)
     losses: list[torch.Tensor] = []
     tick = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="ddpm train", unit="step")
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="ddpm train", unit="step", disable=not dist.is_main)
     while state.step < cfg.steps:
-        x0, labels = draw_batch(data, cfg, rng=state.rng)
-        loss = diffusion_loss(model, noise_scheduler, x0, labels, patch=cfg.patch, rng=state.rng)
+        x0, labels = draw_batch(data, cfg, rng=state.rng)  # the global batch: the same on every process
+        noise, t = draw_noise(noise_scheduler, x0, patch=cfg.patch, rng=state.rng)
         state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        step_loss = torch.zeros((), device=device)
+        for k, part in enumerate(chunks):
+            with dist.no_sync(model, skip=k < len(chunks) - 1):
+                loss = diffusion_loss(model, noise_scheduler, x0[part], labels[part], patch=cfg.patch,
+                                      noise=noise[part], t=t[part])
+                (loss / len(chunks)).backward()
+            step_loss += loss.detach() / len(chunks)
         torch.nn.utils.clip_grad_norm_(state.unet.parameters(), cfg.grad_clip)
         state.optimizer.step()
         state.lr_schedule.step()
         update_ema(state.ema, state.unet, decay=ema_decay_at(state.step, cfg.ema_decay))
         state.step += 1
-        losses.append(loss.detach())  # no .item() per step: it would stall the GPU queue
+        losses.append(step_loss)  # no .item() per step: it would stall the GPU queue
         bar.update(1)
         if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-            mean_loss = torch.stack(losses).mean().item()
+            mean_loss = (dist.all_sum(torch.stack(losses).mean()) / dist.world_size).item()
             now = time.perf_counter()
-            append_jsonl(metrics, {
-                "step": state.step, "loss": mean_loss, "lr": state.lr_schedule.get_last_lr()[0],
-                "images_per_s": len(losses) * cfg.batch_size / max(now - tick, 1e-9),
-            })
+            if dist.is_main:
+                append_jsonl(metrics, {
+                    "step": state.step, "loss": mean_loss, "lr": state.lr_schedule.get_last_lr()[0],
+                    "images_per_s": len(losses) * cfg.batch_size / max(now - tick, 1e-9),
+                })
             bar.set_postfix(loss=f"{mean_loss:.4f}")
             losses, tick = [], now
-        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+        if dist.is_main and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
             save_checkpoint(state, out / CHECKPOINT_DIR, data_dir=data_dir)
-        if cfg.grid_every and state.step % cfg.grid_every == 0:
+        if dist.is_main and cfg.grid_every and state.step % cfg.grid_every == 0:
             save_training_grid(state.ema, noise_scheduler, cfg, n_classes=n_classes,
                                path=out / "samples" / f"step-{state.step:06d}.png")
     bar.close()
-    save_training_grid(state.ema, noise_scheduler, cfg, n_classes=n_classes, path=out / "samples" / "final.png")
-    save_generator(state, noise_scheduler, cfg, classes=data.classes, data_dir=data_dir, out=out)
+    if dist.is_main:
+        save_training_grid(state.ema, noise_scheduler, cfg, n_classes=n_classes, path=out / "samples" / "final.png")
+        save_generator(state, noise_scheduler, cfg, classes=data.classes, data_dir=data_dir, out=out)
+    dist.barrier()
     log.info("generator saved to %s", out)
     return out

@@ -26,7 +26,8 @@ class TrainConfig:
     mode: Literal["full", "lora"] = "full"
     size: int = 256  # training resolution in pixels (images come from the packed cache at this size)
     steps: int = 2000  # optimizer steps
-    batch_size: int = 8
+    batch_size: int = 8  # global batch per step, whatever the number of processes
+    grad_accum_steps: int = 1  # micro-batches per step on each process
     lr: float = 1e-5
     weight_decay: float = 1e-2
     warmup_steps: int = 0

@@ -28,6 +28,7 @@ from mrisynth.config import save_config, to_dict
 from mrisynth.data.cache import load_cache
 from mrisynth.data.images import save_grayscale_png
 from mrisynth.devices import resolve_device
+from mrisynth.distributed import init_distributed, main_process_first
 from mrisynth.errors import UserError
 from mrisynth.files import append_jsonl, atomic_path, ensure_writable_dir, read_jsonl, write_json, write_text
 from mrisynth.generate import GENERATOR_JSON
@@ -57,20 +58,24 @@ def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
     out = ensure_writable_dir(out_dir)
     data_dir = Path(data_dir).resolve()
     device = resolve_device(cfg.device)
+    dist = init_distributed(backend_device=device.type)  # a world of one unless started by a launcher
+    device = dist.device(device)
     seed_everything(cfg.seed)
     model_dir = resolve_model_dir(cfg.model)
     cache = load_cache(data_dir, cfg.size)
     train_rows = cache.indices("train")
     if len(train_rows) == 0:
         raise UserError(f"{data_dir} has no images in the train split; run `mrisynth data prepare` with a split")
-    save_config(cfg, out / "config.yaml")
+    if dist.is_main:
+        save_config(cfg, out / "config.yaml")
 
     prompts = class_prompts(cfg.prompt_template, cache.classes)
-    cached = load_or_build_train_latents(
-        out / "cache" / f"latents-{cfg.size}.safetensors", model_dir=model_dir,
-        images=cache.images[train_rows], ids=[cache.records[i].id for i in train_rows], prompts=prompts,
-        flip=cfg.flip, device=device,
-    )
+    with main_process_first(dist):  # the main process encodes the latents once; the others read its file
+        cached = load_or_build_train_latents(
+            out / "cache" / f"latents-{cfg.size}.safetensors", model_dir=model_dir,
+            images=cache.images[train_rows], ids=[cache.records[i].id for i in train_rows], prompts=prompts,
+            flip=cfg.flip, device=device,
+        )
     data = {k: v.to(device) for k, v in cached.items()}
     labels = torch.from_numpy(cache.labels[train_rows]).to(device)
 
@@ -83,16 +88,22 @@ def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
     ema = {n: p.detach().clone().float() for n, p in trainable.items()} if cfg.ema else None
     fingerprint = _fingerprint(cfg, model_dir, data_dir)
     start = _resume(out, unet, optimizer, lr_sched, ema, fingerprint=fingerprint)
-    vae = load_vae(model_dir).to(device) if cfg.sample_every > 0 else None  # only for the sample grids
+    vae = load_vae(model_dir).to(device) if cfg.sample_every > 0 and dist.is_main else None  # sample grids only
+    net = dist.wrap(unet)
+    chunks = dist.chunks(cfg.batch_size, cfg.grad_accum_steps)
 
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     unet.train()
-    bar = tqdm(range(start, cfg.steps), desc="fine-tune", initial=start, total=cfg.steps)
+    bar = tqdm(range(start, cfg.steps), desc="fine-tune", initial=start, total=cfg.steps, disable=not dist.is_main)
     for step in bar:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = _loss(unet, noise_sched, data, labels, cfg, step=step, device=device)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros((), device=device)
+        for k, part in enumerate(chunks):
+            with dist.no_sync(net, skip=k < len(chunks) - 1):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    micro = _loss(net, noise_sched, data, labels, cfg, step=step, device=device, part=part)
+                (micro / len(chunks)).backward()
+            loss += micro.detach() / len(chunks)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable.values(), cfg.grad_clip)
         optimizer.step()
         lr_sched.step()
@@ -101,16 +112,23 @@ def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
                                  1.0 - cfg.ema_decay)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            record = {"step": done, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr_sched.get_last_lr()[0]}
-            append_jsonl(out / "metrics.jsonl", record)
+            mean_loss = (dist.all_sum(loss) / dist.world_size).item()
+            record = {"step": done, "loss": mean_loss, "grad_norm": grad_norm.item(), "lr": lr_sched.get_last_lr()[0]}
+            if dist.is_main:
+                append_jsonl(out / "metrics.jsonl", record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        if dist.is_main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             _save_checkpoint(out, done, trainable, optimizer, lr_sched, ema, fingerprint=fingerprint)
         if vae is not None and done % cfg.sample_every == 0:
             _save_grid(out / "samples" / f"grid-{done:07d}.png", unet, vae, data["prompt_embeds"], model_dir,
                        size=cfg.size)
-    return _save_result(out, unet, trainable, ema, cfg=cfg, model_dir=model_dir, data_dir=data_dir,
-                        classes=cache.classes)
+    if not dist.is_main:
+        dist.barrier()  # the main process saves the result
+        return out
+    result = _save_result(out, unet, trainable, ema, cfg=cfg, model_dir=model_dir, data_dir=data_dir,
+                          classes=cache.classes)
+    dist.barrier()
+    return result
 
 
 def _check(cfg: TrainConfig) -> None:
@@ -143,8 +161,12 @@ def _noise_schedule(config: dict):
 
 
 def _loss(unet, noise_sched, data: dict, labels: torch.Tensor, cfg: TrainConfig, *, step: int,
-          device: torch.device) -> torch.Tensor:
-    """Denoising loss of one batch; every random choice comes from the generator of this step."""
+          device: torch.device, part: slice = slice(None)) -> torch.Tensor:
+    """Denoising loss of one batch; every random choice comes from the generator of this step.
+
+    Everything is drawn for the whole (global) batch, then `part` of it is computed: data-parallel processes
+    each take their part of the same batch (mrisynth.distributed).
+    """
     gen = torch.Generator("cpu").manual_seed(derive_seed("sd-train", cfg.seed, step))
     rows = torch.from_numpy(_batch_rows(len(labels), cfg.batch_size, step=step, seed=cfg.seed)).to(device)
     b = len(rows)
@@ -157,6 +179,7 @@ def _loss(unet, noise_sched, data: dict, labels: torch.Tensor, cfg: TrainConfig,
     cond = embeds[torch.where(drop, len(embeds) - 1, labels[rows])]  # (B, L, D)
     t = torch.randint(0, noise_sched.config.num_train_timesteps, (b,), generator=gen).to(device)
     noise = torch.randn(latents.shape, generator=gen).to(device)
+    latents, noise, t, cond = latents[part], noise[part], t[part], cond[part]
     noisy = noise_sched.add_noise(latents, noise, t)
     kind = noise_sched.config.prediction_type
     if kind == "epsilon":
