@@ -184,3 +184,14 @@ def test_prepare_never_writes_into_the_source_or_over_a_users_images(tmp_path, c
     assert main(["data", "prepare", str(mats), "--out", str(src), "--split", "seed"]) == 2
     assert "was not written by `mrisynth data prepare`" in capsys.readouterr().err
     assert len(list((src / "images").rglob("*.png"))) == 3  # the user's images are untouched
+
+
+def test_split_file_named_relative_to_the_source(tmp_path):
+    """`--split file:seed_split.csv` finds the file beside the source (how the `seed` preset names it)."""
+    src = make_tree(tmp_path / "src", patients=6, slices=2)
+    ids = [p.stem for p in sorted((src / "images").rglob("*.png"))]
+    splits = ["train", "val", "test"]
+    (src / "seed_split.csv").write_text("id,split\n" + "".join(f"{i},{splits[k % 3]}\n" for k, i in enumerate(ids)))
+    assert main(["data", "prepare", str(src), "--out", str(tmp_path / "out"), "--split", "file:seed_split.csv"]) == 0
+    by_id = {r.id: r.split for r in load_manifest(tmp_path / "out")}
+    assert by_id == {i: splits[k % 3] for k, i in enumerate(ids)}

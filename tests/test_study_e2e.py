@@ -41,3 +41,29 @@ def test_tiny_real_study_end_to_end(tmp_path, capsys):
     assert again["trained"] == [] and len(again["already_done"]) == 3 and again["complete"]
     assert main(["study", "status", str(run)]) == 0
     assert "done: 3" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_workers_on_one_machine_give_the_same_results_as_one_process(tmp_path):
+    """`study run --workers 2`: two shard processes share the run directory; results equal a one-process run."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, extra in (("one", []), ("two", ["--workers", "2"])):
+        subprocess.run([sys.executable, "-m", "mrisynth", "-q", "study", "run", "--config", str(config),
+                        "--out", str(tmp_path / name), *extra], check=True, env=env, capture_output=True, timeout=600)
+
+    def results(run: str) -> dict:
+        trials = sorted((tmp_path / run / "trials").iterdir())
+        return {t.name: {k: v for k, v in json.loads((t / "result.json").read_text()).items()
+                         if k in ("test", "val", "best_epoch", "train_real", "train_synthetic")} for t in trials}
+
+    assert results("two") == results("one") and len(results("one")) == 3
+    assert (tmp_path / "two" / "report" / "index.html").is_file()

@@ -57,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"mrisynth: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        from mrisynth.files import storage_error
+
+        error = storage_error(exc)
+        if error is None:
+            raise
+        print(f"mrisynth: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("mrisynth: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -40,12 +40,32 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
         os.replace(tmp, path)
     except OSError as exc:
         _remove(tmp)
-        if exc.errno == errno.ENOSPC:
-            raise UserError(f"disk full while writing {path}: free some space and run the same command again") from exc
-        raise
+        error = storage_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
     except BaseException:
         _remove(tmp)
         raise
+
+
+_STORAGE_ERRORS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+def storage_error(exc: OSError, path: str | os.PathLike | None = None) -> UserError | None:
+    """A one-line UserError for write failures a user can fix (disk full, read-only, permissions), else None."""
+    reason = _STORAGE_ERRORS.get(exc.errno)
+    if reason is None:
+        return None
+    where = path or exc.filename or "the output folder"
+    return UserError(f"cannot write {where}: {reason}; free space or choose a writable --out, then rerun "
+                     "the same command (finished steps are kept)")
 
 
 def _remove(path: Path) -> None:

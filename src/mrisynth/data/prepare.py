@@ -78,7 +78,7 @@ def _prepare(source: Path, out_dir: Path, cfg: PrepareConfig) -> Path:
     data = read_source(source, out_dir, metadata=cfg.metadata or None)
     if len(data.classes) < 2:
         raise UserError(f"{source} holds one class ({data.classes[0]}); a classifier needs at least two")
-    spec = resolve_split(cfg.split, has_splits=data.has_splits,
+    spec = resolve_split(_split_file_beside_source(cfg.split, source), has_splits=data.has_splits,
                          has_patients=all(r.patient_id for r in data.records))
     records = assign_splits(
         data.records, spec, seed=cfg.seed, fractions=cfg.fractions, tolerance=cfg.tolerance,
@@ -106,3 +106,13 @@ def format_summary(summary: dict[str, dict]) -> str:
         cells = [split, row["images"], row["patients"], *(row["classes"].get(c, 0) for c in classes)]
         lines.append("  ".join(f"{c!s:>10}" for c in cells))
     return "\n".join(lines)
+
+
+def _split_file_beside_source(split: str, source: Path) -> str:
+    """`file:NAME` that is not found as given is looked up in the source folder (e.g. file:seed_split.csv)."""
+    if not split.startswith("file:"):
+        return split
+    path = Path(split[len("file:"):])
+    if not path.is_absolute() and not path.is_file() and (source / path).is_file():
+        return f"file:{source / path}"
+    return split

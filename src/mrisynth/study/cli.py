@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_args(run, preset_help="a preset (seed, rigorous, demo) or a YAML file of differences")
     run.add_argument("--out", required=True, help="the run directory (rerun the same command to resume)")
     run.add_argument("--shard", default="0/1", help="i/n: run only trials i, i+n, i+2n, ... (job arrays)")
+    spread = run.add_mutually_exclusive_group()
+    spread.add_argument("--gpus", default=None, help="run one worker per GPU on this machine: 0,1,2,3 or all")
+    spread.add_argument("--workers", type=int, default=None, help="run N worker processes on this machine")
     run.set_defaults(func=_run)
 
     report = subs.add_parser("report", help="write RUN/report/ from whatever trials are done")
@@ -48,9 +51,27 @@ def parse_shard(text: str) -> tuple[int, int]:
 def _run(args: argparse.Namespace) -> int:
     from mrisynth.study import StudyConfig, run_study
 
-    cfg = config_from_args(StudyConfig, args)
+    cfg = config_from_args(StudyConfig, args)  # validated here, before any worker starts
+    if args.gpus is not None or args.workers is not None:
+        return _run_workers(args)
     outcome = run_study(cfg, args.out, shard=parse_shard(args.shard))
     return _print_outcome(args.out, outcome)
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    from mrisynth.study.parallel import parse_gpus, run_workers
+
+    if args.shard != "0/1":
+        raise UserError("--shard cannot be combined with --gpus/--workers (they choose the shards themselves)")
+    command = ["study", "run", "--out", args.out]
+    if args.config:
+        command += ["--config", args.config]
+    for item in args.overrides:
+        command += ["--set", item]
+    gpus = parse_gpus(args.gpus) if args.gpus is not None else None
+    code = run_workers(command, workers=args.workers or 0, gpus=gpus)
+    print(f"workers finished (worst exit code {code}); `mrisynth study status {args.out}`")
+    return code
 
 
 def _print_outcome(run_dir: str, outcome: dict) -> int:

@@ -17,10 +17,12 @@ whose lock is held elsewhere is skipped as "running".
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +104,7 @@ def run_study(
     if make_report and all_done:
         from mrisynth.report import run_report
 
-        with _timed(timings, "report"):
+        with _timed(timings, "report"), _stage_lock(run, "report"):  # shards finishing together write it once
             run_report(run)
     _record_timings(run, timings)
     if failed:
@@ -252,7 +254,8 @@ def run_trial(cfg: StudyConfig, run: Path, trial: cond.Trial, *, data_dir: Path,
             synthetic_ids=tset.synthetic_ids,
             samples_per_epoch=tset.samples_per_epoch,
         )
-        fit(clf_cfg, data, trial_dir)
+        with _quiet_unless_debug("mrisynth.classify"):  # the trials bar shows progress; epochs are in metrics.jsonl
+            fit(clf_cfg, data, trial_dir)
         return "trained"
     except UserError:
         raise  # a configuration problem: every trial would fail the same way
@@ -323,6 +326,21 @@ def _check_or_save_config(cfg: StudyConfig, run: Path) -> None:
                             "rerun with the same --config/--set, or choose a new --out")
         return
     save_config(cfg, path)
+
+
+@contextlib.contextmanager
+def _quiet_unless_debug(logger_name: str) -> Iterator[None]:
+    """Raise a logger to WARNING for a block, unless the user asked for debug output (-v)."""
+    logger = logging.getLogger(logger_name)
+    if logger.getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    before = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def _stage_lock(run: Path, name: str) -> FileLock:
