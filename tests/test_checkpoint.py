@@ -12,15 +12,29 @@ def test_rng_round_trip_reproduces_draws(tmp_path):
     torch.manual_seed(1)
     random.seed(1)
     np.random.seed(1)
+    random.gauss(0, 1)  # leaves a cached second deviate in both generators
+    np.random.standard_normal()
     save_state({"rng": capture_rng(), "step": 3}, tmp_path / "s.pt")
-    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    expected = (random.gauss(0, 1), np.random.standard_normal(), random.random(), np.random.rand(), torch.rand(1).item())
     random.seed(9)
     np.random.seed(9)
     torch.manual_seed(9)
     state = load_state(tmp_path / "s.pt")
     restore_rng(state["rng"])
-    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    assert (random.gauss(0, 1), np.random.standard_normal(), random.random(), np.random.rand(),
+            torch.rand(1).item()) == expected
     assert state["step"] == 3
+
+
+def test_a_torn_jsonl_line_is_skipped_and_later_appends_survive(tmp_path):
+    from mrisynth.files import append_jsonl, read_jsonl
+
+    path = tmp_path / "m.jsonl"
+    append_jsonl(path, {"a": 1})
+    with open(path, "a") as f:
+        f.write('{"b": 2')  # a crash mid-append
+    append_jsonl(path, {"c": 3})
+    assert read_jsonl(path) == [{"a": 1}, {"c": 3}]
 
 
 def test_weights_round_trip_and_corruption_is_clear(tmp_path):

@@ -29,3 +29,15 @@ def test_writer_refuses_to_mix_generators(tmp_path):
     _add(SyntheticWriter(tmp_path, ["a", "b"], generator_sha256="abc"), 0)
     with pytest.raises(UserError, match="another generator"):
         SyntheticWriter(tmp_path, ["a", "b"], generator_sha256="def")
+
+
+def test_a_torn_provenance_line_does_not_hide_later_images(tmp_path):
+    writer = SyntheticWriter(tmp_path, ["a", "b"], generator_sha256="abc")
+    _add(writer, 0)
+    with open(tmp_path / ".provenance.jsonl", "a") as f:
+        f.write('{"id": "syn-b-000001", "pa')  # the sampler was killed while recording image 1
+    again = SyntheticWriter(tmp_path, ["a", "b"], generator_sha256="abc")
+    _add(again, 1)
+    _add(again, 2)
+    assert SyntheticWriter(tmp_path, ["a", "b"], generator_sha256="abc").existing_ids() == {
+        "syn-b-000000", "syn-b-000001", "syn-b-000002"}

@@ -70,8 +70,10 @@ def capture_rng() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "python": torch.tensor(_python_state_to_list(random.getstate()), dtype=torch.int64),
+        "python_gauss": random.getstate()[2],  # None, or the cached second normal deviate of random.gauss
         "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
         "numpy_pos": int(np_state[2]),
+        "numpy_gauss": [int(np_state[3]), float(np_state[4])],  # a cached second normal deviate
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -81,17 +83,18 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     """Restore what `capture_rng` captured."""
-    random.setstate(_python_state_from_list(state["python"].tolist()))
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate(_python_state_from_list(state["python"].tolist(), state["python_gauss"]))
+    has_gauss, cached = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _python_state_to_list(state: tuple) -> list[int]:
-    version, internal, gauss = state
-    return [version, *internal, -1 if gauss is None else 1]
+    version, internal, _gauss = state
+    return [version, *internal]
 
 
-def _python_state_from_list(values: list[int]) -> tuple:
-    return (values[0], tuple(values[1:-1]), None)
+def _python_state_from_list(values: list[int], gauss: float | None) -> tuple:
+    return (values[0], tuple(values[1:]), gauss)

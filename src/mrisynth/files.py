@@ -36,8 +36,13 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            # A folder cannot be replaced in one rename: move the old one aside first, delete it after.
+            old = tmp.with_name(tmp.name + ".old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
     except OSError as exc:
         _remove(tmp)
         error = storage_error(exc, path)
@@ -111,27 +116,45 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one JSON record as a line (flushed and fsynced so a crash loses at most the line being written)."""
+    """Append one JSON record as a line (flushed and fsynced so a crash loses at most the line being written).
+
+    A torn last line left by a crash is closed off first, so it stays one unreadable line that `read_jsonl`
+    skips instead of swallowing the record appended after it.
+    """
+    path = Path(path)
+    torn = path.is_file() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
+        f.write(("\n" if torn else "") + json.dumps(record, sort_keys=True, default=_json_default) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file; a torn last line (crash while appending) is ignored."""
+    """Read a JSONL file; unreadable lines (a line torn by a crash while appending) are skipped."""
     path = Path(path)
     if not path.exists():
         return []
     records = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line) if line.strip() else None
         except json.JSONDecodeError:
-            break
+            continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
+
+
+def write_jsonl(path: str | os.PathLike, records: list[dict]) -> Path:
+    """Rewrite a JSONL file atomically (e.g. to drop records past a resumed checkpoint)."""
+    lines = "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in records)
+    return write_text(path, lines)
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:

@@ -20,9 +20,10 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    # Set both ways: an earlier step of the same process (e.g. generator training in a study) may have asked
+    # for deterministic kernels that a later fast-preset step does not want.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def derive_seed(*parts: object) -> int:

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from mrisynth.data.images import Fit, fit_square, read_grayscale
@@ -93,7 +94,11 @@ def load_cache(data_dir: str | os.PathLike, size: int, *, fit: Fit = "resize", b
     if not _is_current(out, data_dir):
         if not build:
             raise UserError(f"no current cache at {out}; run `mrisynth data cache {data_dir} --size {size}`")
-        build_cache(data_dir, size, fit=fit)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Parallel workers of one study may all find the cache missing: one builds it, the others wait and reuse.
+        with FileLock(str(out.parent / f".{out.name}.lock")):
+            if not _is_current(out, data_dir):
+                build_cache(data_dir, size, fit=fit)
     records = load_manifest(data_dir)
     images = np.load(out / "images.npy", mmap_mode="r")
     if images.shape != (len(records), size, size):

@@ -11,7 +11,6 @@ sampler which ones are already done; the manifest is written last, atomically, f
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from mrisynth.data.images import save_grayscale_png
 from mrisynth.data.manifest import ImageRecord, save_classes, save_manifest
 from mrisynth.errors import UserError
-from mrisynth.files import atomic_path, ensure_writable_dir, sha256_file
+from mrisynth.files import append_jsonl, atomic_path, ensure_writable_dir, read_jsonl, sha256_file
 
 _SIDECAR = ".provenance.jsonl"
 
@@ -40,11 +39,11 @@ class SyntheticWriter:
         self.generator_sha256 = generator_sha256
         self._sidecar = self.out_dir / _SIDECAR
         self._records: dict[str, ImageRecord] = {}
-        for line in self._sidecar.read_text().splitlines() if self._sidecar.exists() else []:
+        for row in read_jsonl(self._sidecar):  # a line torn by a crash is skipped; its image is made again
             try:
-                rec = ImageRecord(**json.loads(line))
-            except (json.JSONDecodeError, TypeError):
-                break  # torn last line after a crash
+                rec = ImageRecord(**row)
+            except TypeError:
+                continue
             if rec.generator_sha256 != generator_sha256:
                 raise UserError(
                     f"{self.out_dir} holds images from another generator (sha256 {rec.generator_sha256[:12]}...); "
@@ -84,8 +83,7 @@ class SyntheticWriter:
             steps=steps, guidance=guidance, strength=strength, source_image_id=source_image_id,
             generator_sha256=self.generator_sha256, split="train",
         )
-        with open(self._sidecar, "a", encoding="utf-8") as f:
-            f.write(json.dumps(dataclasses.asdict(rec)) + "\n")
+        append_jsonl(self._sidecar, dataclasses.asdict(rec))
         self._records[image_id] = rec
         return rec
 
