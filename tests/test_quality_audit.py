@@ -29,10 +29,11 @@ def _config(**changes) -> AuditConfig:
     return cfg
 
 
-def _write_synthetic(real_dir: Path, out: Path, *, classes=None, copy_first_train: bool = True) -> Path:
+def _write_synthetic(real_dir: Path, out: Path, *, classes=None, copy_first_train: bool = True,
+                     seed: int = 1) -> Path:
     """A synthetic set: per class noisy fresh images, plus (optionally) a flipped, lightly noised train copy."""
     real = load_cache(real_dir, SIZE)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     writer = SyntheticWriter(out, real.classes, generator_sha256="test")
     train = real.indices("train")
     for c in classes or real.classes:
@@ -152,6 +153,18 @@ def test_audit_rerun_reuses_features_and_gives_same_result(tiny_manifest_dir: Pa
     assert (tmp_path / "a" / "features" / "stats.npz").is_file()
     second = run_audit(_config(), real_dir=tiny_manifest_dir, synthetic_dir=syn, out_dir=tmp_path / "a")
     assert json.dumps(first, sort_keys=True, default=str) == json.dumps(second, sort_keys=True, default=str)
+
+
+def test_second_synthetic_set_with_the_same_ids_is_not_given_cached_features(
+        tiny_manifest_dir: Path, tmp_path: Path) -> None:
+    """Synthetic ids repeat between sets (syn-<class>-N): the feature cache must tell the sets apart by content."""
+    first = _write_synthetic(tiny_manifest_dir, tmp_path / "syn1", seed=1)
+    second = _write_synthetic(tiny_manifest_dir, tmp_path / "syn2", seed=2)  # same ids, other pixels
+    run_audit(_config(), real_dir=tiny_manifest_dir, synthetic_dir=first, out_dir=tmp_path / "shared")
+    reused = run_audit(_config(), real_dir=tiny_manifest_dir, synthetic_dir=second, out_dir=tmp_path / "shared")
+    fresh = run_audit(_config(), real_dir=tiny_manifest_dir, synthetic_dir=second, out_dir=tmp_path / "fresh")
+    assert reused["feature_spaces"]["stats"] == fresh["feature_spaces"]["stats"]
+    assert reused["memorisation"]["features"] == fresh["memorisation"]["features"]
 
 
 def test_cli_audit(tiny_manifest_dir: Path, tmp_path: Path, capsys) -> None:

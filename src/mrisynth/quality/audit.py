@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import logging
 import os
@@ -119,9 +120,7 @@ def run_audit(
     feature_sets: dict[str, dict[str, np.ndarray]] = {}
     metric_rows: list[dict] = []
     for space in tqdm(spaces, desc="feature spaces", leave=False):
-        feats = _embed_all(space, out, cfg, train=train_all_images, synthetic=syn_images, heldout=heldout_images,
-                           ids=([real.records[i].id for i in sel.train_all], [syn.records[i].id for i in sel.syn],
-                                [real.records[i].id for i in sel.heldout]))
+        feats = _embed_all(space, out, cfg, train=train_all_images, synthetic=syn_images, heldout=heldout_images)
         feature_sets[space.name] = feats
         result["feature_spaces"][space.name] = _space_metrics(
             space.name, {**feats, "train": feats["train"][sel.train_pos]}, classes, train_labels=train_labels,
@@ -235,11 +234,15 @@ def patient_halves(cache: ImageCache, rows: np.ndarray, rng: np.random.Generator
 
 def _embed_all(
     space: FeatureSpace, out: Path, cfg: AuditConfig, *, train: np.ndarray, synthetic: np.ndarray,
-    heldout: np.ndarray, ids: tuple[list[str], list[str], list[str]],
+    heldout: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """Features of the three image sets, reusing OUT/features/<space>.npz when it holds the same images."""
     path = out / "features" / f"{space.name}.npz"
-    key = repr((space.name, space.source, cfg.image_size, ids))
+    # Keyed on the pixels, not the ids: synthetic ids (syn-<class>-NNNNNN) repeat from one synthetic set to
+    # the next, so a second set audited into the same OUT would otherwise get the first set's features.
+    key = repr((space.name, space.source, cfg.image_size,
+                {name: _digest(images) for name, images in
+                 (("train", train), ("synthetic", synthetic), ("heldout", heldout))}))
     if path.is_file():
         with np.load(path, allow_pickle=False) as cached:
             if str(cached["key"]) == key:
@@ -251,6 +254,13 @@ def _embed_all(
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, key=np.array(key), **feats)
     return _standardise(space, feats)
+
+
+def _digest(images: np.ndarray) -> str:
+    """sha256 of an image stack's shape and bytes (row order included: features are stored row by row)."""
+    h = hashlib.sha256(repr(images.shape).encode())
+    h.update(np.ascontiguousarray(images).data)
+    return h.hexdigest()
 
 
 def _standardise(space: FeatureSpace, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
