@@ -69,6 +69,10 @@ def test_local_weights_files(tmp_path):
     for name in ("w.safetensors", "w.pth"):
         model = build_classifier("tiny", 3, weights=str(tmp_path / name))
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
+    # checkpoints of wrapped models (DDP "module." prefix, a "state_dict" entry) load the same
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "wrapped.pth")
+    wrapped = build_classifier("tiny", 3, weights=str(tmp_path / "wrapped.pth"))
+    assert all(torch.equal(a, b) for a, b in zip(wrapped.state_dict().values(), source.state_dict().values()))
     other_head = build_classifier("tiny", 5, weights=str(tmp_path / "w.pth"))  # head skipped, backbone kept
     assert torch.equal(other_head.stem[0].weight, source.stem[0].weight)
     (tmp_path / "bad.pth").write_bytes(b"garbage")
@@ -78,3 +82,8 @@ def test_local_weights_files(tmp_path):
         build_classifier("tiny", 3, weights=str(tmp_path / "missing.pth"))
     with pytest.raises(UserError, match="do not fit this model"):
         build_classifier("resnet18", 3, weights=str(tmp_path / "w.pth"))
+    # names that fit with shapes that do not: a one-line error, not a traceback
+    torch.save({k: torch.cat([v, v]) for k, v in source.state_dict().items() if k.startswith("stem.") and v.ndim},
+               tmp_path / "wide.pth")
+    with pytest.raises(UserError, match="do not fit this model .*size mismatch"):
+        build_classifier("tiny", 3, weights=str(tmp_path / "wide.pth"))

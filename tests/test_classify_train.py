@@ -103,9 +103,18 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_manifest_dir, t
     resumed = fit(cfg, data, tmp_path / "resumed")
     assert _strip(resumed) == _strip(full)
     assert _records(tmp_path / "resumed") == _records(tmp_path / "full")
+    # a resumable (unfinished) folder refuses other settings too
+    (tmp_path / "resumed" / "result.json").unlink()
     with pytest.raises(UserError, match="other settings"):
-        (tmp_path / "resumed" / "result.json").unlink()
         fit(_cfg("epochs=5"), data, tmp_path / "resumed")
+
+
+def test_finished_run_refuses_other_settings_and_returns_the_same(tiny_manifest_dir, tmp_path):
+    data, run = TrainData(real_dir=tiny_manifest_dir), tmp_path / "run"
+    result = fit(_cfg("epochs=1"), data, run)
+    with pytest.raises(UserError, match=f"{run}.*other settings"):
+        fit(_cfg("epochs=1", "lr=0.01"), data, run)  # must not print the old result as if it were new
+    assert fit(_cfg("epochs=1"), data, run) == result
 
 
 def test_training_loss_goes_down(tiny_manifest_dir, tmp_path):

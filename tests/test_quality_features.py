@@ -86,7 +86,7 @@ def test_missing_weights_are_clear_errors(tmp_path: Path) -> None:
 def test_wrong_state_dict_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "radimagenet.pth"
     torch.save({"module.conv1.weight": torch.zeros(2, 2)}, path)
-    with pytest.raises(UserError, match="does not fit the radimagenet network"):
+    with pytest.raises(UserError, match="do not fit the radimagenet network"):
         load_radimagenet_space(str(path))
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     with pytest.raises(UserError, match="cannot read weights"):

@@ -32,12 +32,14 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_best(model: nn.Module, run_dir: Path, *, classes: list[str]) -> None:
+    """Write `model`'s weights to RUN/best.safetensors (atomically), and RUN/classes.json if it is missing."""
     checkpoint.save_weights(model_state(model), run_dir / BEST_NAME)
     if not (run_dir / CLASSES_NAME).is_file():
         save_classes(classes, run_dir)
 
 
 def load_best(model: nn.Module, run_dir: Path) -> None:
+    """Load RUN/best.safetensors into `model` (strict: the run's own architecture)."""
     model.load_state_dict(checkpoint.load_weights(run_dir / BEST_NAME))
 
 

@@ -23,10 +23,11 @@ from mrisynth.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# ImageNet statistics, applied inside the model only when ImageNet weights are loaded
-# (the reference recipe trains from scratch on x/255 and uses no normalisation).
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+# ImageNet statistics, for RGB networks pretrained on ImageNet. The classifiers apply them inside the model only
+# when ImageNet weights are loaded (the reference recipe trains from scratch on x/255 with no normalisation);
+# the quality audit applies them to its pretrained feature networks.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class GrayResNet(tvm.ResNet):
@@ -42,8 +43,8 @@ class GrayResNet(tvm.ResNet):
         self.register_buffer("input_std", torch.ones(1, 3, 1, 1))
 
     def use_imagenet_normalisation(self) -> None:
-        self.input_mean.copy_(torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.input_std.copy_(torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1))
+        self.input_mean.copy_(torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.input_std.copy_(torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) in [0, 1] -> (B, num_classes) logits
         x = x.expand(-1, 3, -1, -1)  # (B, 3, H, W): a view, no copy
@@ -108,11 +109,11 @@ def build_classifier(name: str, num_classes: int, *, weights: str | None = None)
     if weights == "imagenet":
         if imagenet is None:
             raise UserError(f"model '{name}' has no ImageNet weights; use weights: null or a local file")
-        state = _read_state_dict(imagenet_weights_path(imagenet))
+        state = read_state_dict(imagenet_weights_path(imagenet))
         model.use_imagenet_normalisation()
     else:
-        state = _read_state_dict(Path(weights))
-    _load_backbone(model, state, source=str(weights))
+        state = read_state_dict(Path(weights))
+    load_backbone(model, state, source=str(weights))
     return model
 
 
@@ -128,34 +129,69 @@ def imagenet_weights_path(entry: tvm.WeightsEnum) -> Path:
     return path
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+# Prefixes wrappers put before every key: torch.compile, DataParallel/DDP, and common training frameworks.
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.", "backbone.", "model.")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a `.safetensors` or torch file, loaded without running code (weights_only).
+
+    A checkpoint holding the weights under "model" (our last.pt, many trainers) or "state_dict" is unwrapped,
+    and a wrapper prefix that every key shares ("module.", "_orig_mod.", ...) is stripped.
+    Missing, unreadable or foreign files are a UserError.
+    """
+    path = Path(path)
     if not path.is_file():
-        raise UserError(f"weights file {path} does not exist; give a .pth or .safetensors file, or 'imagenet'")
+        raise UserError(f"weights file {path} does not exist; give a .pth or .safetensors state-dict file")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or pickled with code: both are the user's file to fix
         raise UserError(f"cannot read weights from {path} ({exc.__class__.__name__}); give a state-dict file") from exc
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # our own last.pt / common trainer checkpoints
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict):
-        raise UserError(f"{path} does not hold a state dict")
+        raise UserError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
     return state
 
 
-def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
-    """Load matching tensors; the head (`fc.*`) is skipped when its shape differs (another class count)."""
+def load_backbone(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    network: str = "this model",
+    ignore: tuple[str, ...] = (),
+) -> None:
+    """Load `state` into `model`, all but its head; anything else that does not fit is a UserError.
+
+    Keys starting with one of `ignore` are dropped (e.g. heads a feature extractor never uses). The head
+    (`fc.*`) is skipped when its shape differs (another class count) and may be missing; so may the
+    `input_*` normalisation buffers. `source` and `network` name the file and the model in messages.
+    """
     own = model.state_dict()
-    state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(ignore)} if ignore else dict(state)
     skipped = [k for k in state if k.startswith("fc.") and k in own and own[k].shape != state[k].shape]
     state = {k: v for k, v in state.items() if k not in skipped}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(("fc.", "input_"))]
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches are raised, not returned
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
+        raise UserError(f"weights {source} do not fit {network} ({detail}); give the matching state dict") from exc
+    missing = [k for k in result.missing_keys if not k.startswith(("fc.", "input_", *ignore))]
     if missing or result.unexpected_keys:
         bad = (missing or result.unexpected_keys)[0]
-        raise UserError(f"weights {source} do not fit this model (first mismatch: '{bad}'); check the model name")
+        raise UserError(f"weights {source} do not fit {network} ({len(missing)} missing, "
+                        f"{len(result.unexpected_keys)} unexpected keys, e.g. '{bad}'); give the matching "
+                        "state dict (or check the model name)")
     if skipped:
         log.info("weights %s: head skipped (other class count), it starts from random init", source)

@@ -3,7 +3,8 @@
     result = fit(cfg, TrainData(real_dir=Path("runs/x/data")), Path("runs/x/trials/real-s0"))
 
 The run folder holds config.yaml, metrics.jsonl (one line per epoch), best.safetensors, last.pt (resumable),
-and at the end predictions.csv and result.json. A folder with result.json is done: fit returns it untouched.
+and at the end predictions.csv and result.json. A folder with result.json is done: fit returns it untouched
+(after checking that config.yaml holds the same settings: a rerun with other settings is a UserError).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class EarlyStopping:
 
 
 def build_optimizer(cfg: ClassifierConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer `cfg.optimizer` names over all of `model`'s parameters, with `cfg.lr` and weight decay."""
     if cfg.optimizer == "adam":  # Keras Adam defaults: betas (0.9, 0.999), eps 1e-7
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -203,104 +205,156 @@ def fit(
 ) -> dict:
     """Train one classifier into `out_dir` (resuming from last.pt) and return result.json's content.
 
-    `callback(record)` is called after each epoch's checkpoint is written; raising from it stops the run there
-    (a later call resumes).
+    A finished folder (result.json) is returned as it is when its config.yaml holds the same settings, and is a
+    UserError when they differ. `callback(record)` is called after each epoch's checkpoint is written; raising
+    from it stops the run there (a later call resumes).
     """
     out_dir = ensure_writable_dir(out_dir)
-    if (out_dir / RESULT_NAME).is_file():
-        return read_json(out_dir / RESULT_NAME)
     _check_settings(cfg)
-    data = dataclasses.replace(
+    run = RunConfig(classifier=cfg, data=dataclasses.replace(
         data, real_dir=Path(data.real_dir).resolve(),
         synthetic_dir=None if data.synthetic_dir is None else Path(data.synthetic_dir).resolve(),
-    )
+    ))
+    if (out_dir / RESULT_NAME).is_file():
+        _check_same_config(run, out_dir)
+        return read_json(out_dir / RESULT_NAME)
     device = resolve_device(cfg.device)
     dist = init_distributed(backend_device=device.type)  # a world of one unless started by a launcher
     device = dist.device(device)
     if dist.is_main:
-        _save_or_check_config(RunConfig(classifier=cfg, data=data), out_dir)
+        _save_or_check_config(run, out_dir)
     on_gpu = device.type == "cuda"
     amp, channels_last = cfg.amp and on_gpu, cfg.channels_last and on_gpu
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
 
     with main_process_first(dist):  # the main process builds missing caches; the others then read them
-        sets = load_train_data(data, image_size=cfg.image_size, device=device)
+        sets = load_train_data(run.data, image_size=cfg.image_size, device=device)
     model = build_classifier(cfg.model, len(sets.classes), weights=cfg.weights).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    samples = data.samples_per_epoch or cfg.samples_per_epoch or len(sets.train)
+    samples = run.data.samples_per_epoch or cfg.samples_per_epoch or len(sets.train)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch=math.ceil(samples / cfg.batch_size))
-    per_step = isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)
-    stopper = EarlyStopping(cfg.early_stopping_patience)
-    history: list[dict] = []
-
-    start_epoch = 0
-    if (out_dir / LAST_NAME).is_file():
-        state = load_state(out_dir / LAST_NAME)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        stopper = EarlyStopping(**state["early_stopping"])
-        history = list(state["history"])
-        restore_rng(state["rng"])
-        start_epoch = state["epoch"] + 1
-        log.info("resuming %s after epoch %d", out_dir, state["epoch"])
+    progress = _resume(cfg, out_dir, model=model, optimizer=optimizer, scheduler=scheduler)
     if dist.is_main:
         # metrics.jsonl mirrors the checkpointed history (a crash between the two writes leaves no stray line)
         write_text(out_dir / METRICS_NAME, "")
-        for record in history:
+        for record in progress.history:
             append_jsonl(out_dir / METRICS_NAME, record)
 
+    # Wrapped only after resuming: data parallelism broadcasts the main process's (restored) weights.
     net = dist.wrap(model)
     net = torch.compile(net) if cfg.compile and on_gpu else net
-    gen_device = device if on_gpu else torch.device("cpu")
-    for epoch in range(start_epoch, cfg.epochs):
-        if stopper.stopped:
+    session = _Session(cfg=cfg, out_dir=out_dir, sets=sets, model=model, net=net, optimizer=optimizer,
+                       scheduler=scheduler, device=device, dist=dist, samples=samples, amp=amp,
+                       channels_last=channels_last)
+    _run_epochs(session, progress, callback=callback)
+
+    if not dist.is_main:
+        dist.barrier()  # wait for the main process to evaluate and write result.json
+        return read_json(out_dir / RESULT_NAME)
+    result = _finish(model, cfg, sets, out_dir, history=progress.history, stopper=progress.stopper, device=device,
+                     amp=amp)
+    dist.barrier()
+    return result
+
+
+_Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Where a run stands: the next epoch to train, early stopping, and one record per finished epoch."""
+
+    stopper: EarlyStopping
+    history: list[dict]
+    next_epoch: int = 0
+
+
+@dataclasses.dataclass
+class _Session:
+    """What the epoch loop works on, built once by `fit`."""
+
+    cfg: ClassifierConfig
+    out_dir: Path
+    sets: PreparedData
+    model: nn.Module  # the plain module: checkpoints and best weights are saved from it
+    net: nn.Module  # what trains and evaluates: `model`, wrapped for data parallelism and/or compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: _Scheduler
+    device: torch.device
+    dist: DistContext
+    samples: int  # training samples per epoch
+    amp: bool
+    channels_last: bool
+
+
+def _resume(
+    cfg: ClassifierConfig,
+    out_dir: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: _Scheduler,
+) -> _Progress:
+    """Restore model, optimizer, scheduler and RNG states from last.pt when it exists; else a fresh start."""
+    if not (out_dir / LAST_NAME).is_file():
+        return _Progress(stopper=EarlyStopping(cfg.early_stopping_patience), history=[])
+    state = load_state(out_dir / LAST_NAME)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    restore_rng(state["rng"])
+    log.info("resuming %s after epoch %d", out_dir, state["epoch"])
+    return _Progress(stopper=EarlyStopping(**state["early_stopping"]), history=list(state["history"]),
+                     next_epoch=state["epoch"] + 1)
+
+
+def _run_epochs(s: _Session, progress: _Progress, *, callback: Callable[[dict], None] | None) -> None:
+    """Train, validate and checkpoint epoch after epoch until `cfg.epochs` or early stopping."""
+    cfg, dist = s.cfg, s.dist
+    per_step = isinstance(s.scheduler, torch.optim.lr_scheduler.LambdaLR)
+    gen_device = s.device if s.device.type == "cuda" else torch.device("cpu")
+    for epoch in range(progress.next_epoch, cfg.epochs):
+        if progress.stopper.stopped:
             break
         t0 = time.perf_counter()
         # Each epoch draws from its own seed, so a resumed run sees the same shuffles and augmentations
         # (and every data-parallel process the same global batches).
         generator = torch.Generator(device=gen_device).manual_seed(derive_seed(cfg.seed, "epoch", epoch))
-        order = epoch_order(len(sets.train), samples, generator=generator).to(device)
-        lr = optimizer.param_groups[0]["lr"]
+        order = epoch_order(len(s.sets.train), s.samples, generator=generator).to(s.device)
+        lr = s.optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(
-            net, optimizer, sets.train, order, augment=cfg.augment, generator=generator,
-            batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing, amp=amp, channels_last=channels_last,
-            step_scheduler=scheduler if per_step else None, dist=dist, accum=cfg.grad_accum_steps,
+            s.net, s.optimizer, s.sets.train, order, augment=cfg.augment, generator=generator,
+            batch_size=cfg.batch_size, label_smoothing=cfg.label_smoothing, amp=s.amp, channels_last=s.channels_last,
+            step_scheduler=s.scheduler if per_step else None, dist=dist, accum=cfg.grad_accum_steps,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
         )
         # Every process evaluates (identical weights, identical data) so all take the same stopping decisions.
-        val, _ = evaluate(net, sets.val.images, sets.val.labels, batch_size=cfg.eval_batch_size, device=device,
-                          classes=sets.classes, amp=amp)
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(val["loss"])
-        if stopper.update(val["loss"], epoch) and dist.is_main:
-            save_best(model, out_dir, classes=sets.classes)
+        val, _ = evaluate(s.net, s.sets.val.images, s.sets.val.labels, batch_size=cfg.eval_batch_size,
+                          device=s.device, classes=s.sets.classes, amp=s.amp)
+        if isinstance(s.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            s.scheduler.step(val["loss"])
+        if progress.stopper.update(val["loss"], epoch) and dist.is_main:
+            save_best(s.model, s.out_dir, classes=s.sets.classes)
         record = {"epoch": epoch, **stats, "val_loss": val["loss"], "val_acc": val["accuracy"], "lr": lr,
                   "seconds": time.perf_counter() - t0}
-        history.append(record)
+        progress.history.append(record)
+        progress.next_epoch = epoch + 1
         if dist.is_main:
             save_state({
-                "model": model_state(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                "early_stopping": dataclasses.asdict(stopper), "history": history, "rng": capture_rng(),
-                "epoch": epoch,
-            }, out_dir / LAST_NAME)
-            append_jsonl(out_dir / METRICS_NAME, record)
+                "model": model_state(s.model), "optimizer": s.optimizer.state_dict(),
+                "scheduler": s.scheduler.state_dict() if s.scheduler is not None else {},
+                "early_stopping": dataclasses.asdict(progress.stopper), "history": progress.history,
+                "rng": capture_rng(), "epoch": epoch,
+            }, s.out_dir / LAST_NAME)
+            append_jsonl(s.out_dir / METRICS_NAME, record)
         log.info("epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f", epoch + 1, stats["train_loss"],
                  stats["train_acc"], val["loss"], val["accuracy"])
         dist.barrier()  # checkpoint complete before anyone moves on (or is killed)
         if callback is not None:
             callback(record)
-
-    if not dist.is_main:
-        dist.barrier()  # wait for the main process to evaluate and write result.json
-        return read_json(out_dir / RESULT_NAME)
-    result = _finish(model, cfg, sets, out_dir, history=history, stopper=stopper, device=device, amp=amp)
-    dist.barrier()
-    return result
 
 
 def _finish(
@@ -373,8 +427,16 @@ def _save_or_check_config(run: RunConfig, out_dir: Path) -> None:
     """Write config.yaml; refuse to resume a folder whose run had other settings."""
     path = out_dir / CONFIG_NAME
     if path.is_file() and (out_dir / LAST_NAME).is_file():
-        previous = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if previous != to_dict(run):
-            raise UserError(f"{out_dir} holds a run with other settings; use a new --out folder or delete it")
+        _check_same_config(run, out_dir)
         return
     save_config(run, path)
+
+
+def _check_same_config(run: RunConfig, out_dir: Path) -> None:
+    """A UserError naming `out_dir` when its config.yaml holds other settings than `run` (or is missing)."""
+    path = out_dir / CONFIG_NAME
+    if not path.is_file():
+        raise UserError(f"{out_dir} holds a run without {CONFIG_NAME}, so its settings are unknown; "
+                        "use a new --out folder or delete it")
+    if yaml.safe_load(path.read_text(encoding="utf-8")) != to_dict(run):
+        raise UserError(f"{out_dir} holds a run with other settings; use a new --out folder or delete it")

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mrisynth.devices import resolve_device
+
 # Standard per-scale exponents (Wang et al.); truncated and renormalised when fewer scales fit.
 _SCALE_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _C1, _C2 = 0.01**2, 0.03**2  # for images in [0, 1]
@@ -81,7 +83,7 @@ def mean_pairwise_msssim(
     first = rng.integers(0, n, n_pairs)
     second = (first + rng.integers(1, n, n_pairs)) % n  # never the same image twice
     # The Gaussian filtering is most of the audit's CPU time; a GPU does it in moments.
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     values = []
     with torch.inference_mode():
         for start in range(0, n_pairs, batch_size):

@@ -23,13 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mrisynth.classify.checkpoint import load_classifier
+from mrisynth.classify.models import IMAGENET_MEAN, IMAGENET_STD, load_backbone, read_state_dict
+from mrisynth.devices import resolve_device
 from mrisynth.errors import UserError
 
 log = logging.getLogger(__name__)
 
 SPACES = ("stats", "classifier", "inception", "dinov2", "radimagenet")
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 _STATS_SIZE = 64  # stats are computed at one fixed size so they do not depend on the audit's image size
 
 
@@ -102,10 +103,6 @@ def _to_float(images: np.ndarray, size: int) -> torch.Tensor:
     return x
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @torch.inference_mode()
 def embed_with_module(
     model: nn.Module,
@@ -122,12 +119,12 @@ def embed_with_module(
     otherwise the model gets (B, 1, H, W) in [0, 1] as the study's classifiers do.
     `output` picks the embedding out of whatever the model returns (default: the tensor itself).
     """
-    device = _device()
+    device = resolve_device("auto")
     model = model.eval().to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    mean = torch.tensor(_IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(_IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     chunks = []
     for start in range(0, len(images), batch_size):
         x = _to_float(images[start:start + batch_size], input_size).to(device)  # (B, 1, H, W) in [0, 1]
@@ -151,11 +148,6 @@ def classifier_space(model: nn.Module, *, input_size: int, name: str = "classifi
 
 def load_classifier_space(run_dir: str | os.PathLike) -> FeatureSpace:
     """The `classifier` space from a trained real-only classifier run folder."""
-    try:
-        from mrisynth.classify import load_classifier
-    except ImportError as exc:
-        raise UserError("this install has no classifier engine (mrisynth.classify); drop 'classifier' from "
-                        "feature_spaces or update mrisynth") from exc
     model, info = load_classifier(run_dir)
     size = int(info.get("image_size") or 0)
     if size <= 0:
@@ -173,40 +165,10 @@ def _require_file(path: str, space: str, what: str) -> Path:
     return p
 
 
-def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a torch file (weights_only: no code runs while loading)."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign files raise many types
-        raise UserError(f"cannot read weights from {path} ({exc.__class__.__name__}); give a state-dict file") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise UserError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
-    # Checkpoints saved from wrapped models prefix every key ("module.", "backbone."); strip a shared prefix.
-    for prefix in ("module.", "backbone.", "model."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def _load_backbone(model: nn.Module, state: dict, path: Path, space: str) -> nn.Module:
-    """Load weights into `model`, ignoring its classification head; mismatches are a UserError."""
-    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "AuxLogits."))}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches are raised, not returned
-        detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
-        raise UserError(f"{path} does not fit the {space} network ({detail}); give the matching state dict") from exc
-    missing = [k for k in missing if not k.startswith(("fc.", "AuxLogits."))]
-    if missing or unexpected:
-        key = (missing or unexpected)[0]
-        raise UserError(f"{path} does not fit the {space} network ({len(missing)} missing, {len(unexpected)} "
-                        f"unexpected keys, e.g. '{key}'); give the matching state dict")
+def _load_feature_backbone(model: nn.Module, path: Path, space: str) -> nn.Module:
+    """`model` with the weights in `path` (its classification heads ignored) and `fc` removed: pool features."""
+    load_backbone(model, read_state_dict(path), source=str(path), network=f"the {space} network",
+                  ignore=("fc.", "AuxLogits."))
     model.fc = nn.Identity()
     return model
 
@@ -216,8 +178,8 @@ def load_inception_space(weights: str) -> FeatureSpace:
     path = _require_file(weights, "inception", "inception_weights")
     from torchvision.models import inception_v3
 
-    model = inception_v3(weights=None, aux_logits=True, init_weights=False)
-    model = _load_backbone(model, _load_state_dict(path), path, "inception")
+    model = _load_feature_backbone(inception_v3(weights=None, aux_logits=True, init_weights=False), path,
+                                   "inception")
     return FeatureSpace("inception", lambda images: embed_with_module(model, images, input_size=299, rgb=True),
                         source=weights_stamp(path))
 
@@ -227,7 +189,7 @@ def load_radimagenet_space(weights: str) -> FeatureSpace:
     path = _require_file(weights, "radimagenet", "radimagenet_weights")
     from torchvision.models import resnet50
 
-    model = _load_backbone(resnet50(weights=None), _load_state_dict(path), path, "radimagenet")
+    model = _load_feature_backbone(resnet50(weights=None), path, "radimagenet")
     return FeatureSpace("radimagenet", lambda images: embed_with_module(model, images, input_size=224, rgb=True),
                         source=weights_stamp(path))
 

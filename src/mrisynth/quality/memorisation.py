@@ -230,16 +230,15 @@ def save_pairs_grid(
     train_ids: list[str],
 ) -> Path:
     """A PNG grid: each row-pair shows a synthetic image above its nearest training image (flip applied)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure renders to PNG without pyplot, so no GUI backend is chosen (or has to be switched off).
+    from matplotlib.figure import Figure
 
     from mrisynth.files import atomic_path
 
     cols = max(1, min(8, len(pairs)))
     rows = 2 * max(1, -(-len(pairs) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.75 * rows), squeeze=False)
+    fig = Figure(figsize=(1.6 * cols, 1.75 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for n, (s, t, flip, corr) in enumerate(pairs):
@@ -253,5 +252,4 @@ def save_pairs_grid(
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
     return path
