@@ -97,11 +97,3 @@ def save_tiny_pipeline(path: str | Path, *, seed: int = 0) -> Path:
     pipe.save_pretrained(path)
     return Path(path)
 
-
-def one_thread():
-    """Generator for a module-scoped fixture: torch on one thread (tiny models on a shared CPU run 5-10x faster
-    without OpenMP threads spinning against other processes), restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

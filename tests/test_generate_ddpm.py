@@ -27,15 +27,6 @@ def tiny_cfg(**changes) -> ddpm.TrainConfig:
     return from_dict(ddpm.TrainConfig, {**TINY, **changes})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning threads cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def two_tone_dir(tmp_path_factory):
     """Two trivially different classes: dark images and bright images (train split), plus one test image each."""
@@ -55,12 +46,22 @@ def two_tone_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained_gen(two_tone_dir, tmp_path_factory):
-    """A tiny generator trained long enough on dark/bright to tell the classes apart."""
-    out = tmp_path_factory.mktemp("gen")
+def gen_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("gen")
+
+
+@pytest.fixture
+def trained_gen(two_tone_dir, gen_dir):
+    """A tiny generator trained long enough on dark/bright to tell the classes apart, once per module.
+
+    Function-scoped (training is skipped once done) so that it runs under conftest's one-thread setting, which
+    module-scoped fixtures would precede: two threads on the shared cores made this training 20x slower.
+    """
+    if (gen_dir / "generator.json").is_file():
+        return gen_dir
     cfg = tiny_cfg(steps=80, batch_size=8, lr=5e-3, warmup_steps=5, ema_decay=0.9, log_every=10,
                    checkpoint_every=80, p_uncond=0.2, channels=[16, 32])
-    return ddpm.run_train(cfg, data_dir=two_tone_dir, out_dir=out)
+    return ddpm.run_train(cfg, data_dir=two_tone_dir, out_dir=gen_dir)
 
 
 def test_loss_falls_on_a_fixed_batch():

@@ -1,10 +1,15 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from mrisynth.config import save_config
 from mrisynth.data.manifest import load_manifest
 from mrisynth.errors import UserError
+from mrisynth.files import append_jsonl, read_jsonl
 from mrisynth.generate.output import SyntheticWriter, synthetic_id
+from mrisynth.generate.resume import check_resume_settings, drop_records_after
 
 
 def _add(writer: SyntheticWriter, i: int) -> None:
@@ -41,3 +46,39 @@ def test_a_torn_provenance_line_does_not_hide_later_images(tmp_path):
     _add(again, 2)
     assert SyntheticWriter(tmp_path, ["a", "b"], generator_sha256="abc").existing_ids() == {
         "syn-b-000000", "syn-b-000001", "syn-b-000002"}
+
+
+@dataclasses.dataclass
+class _Settings:
+    steps: int = 2
+    guidance: float = 1.5
+    batch_size: int = 4
+    classes: list[str] = dataclasses.field(default_factory=lambda: ["a", "b"])
+
+
+def test_resume_settings_are_checked_against_the_saved_config(tmp_path):
+    saved = tmp_path / "config.yaml"
+    check_resume_settings(saved, _Settings(), may_change=("batch_size",))  # a fresh folder: nothing to compare
+    save_config(_Settings(), saved)
+    check_resume_settings(saved, _Settings(), may_change=())
+    check_resume_settings(saved, _Settings(batch_size=1), may_change=("batch_size",))  # how work is cut up
+    with pytest.raises(UserError, match=r"steps=2, not 3"):
+        check_resume_settings(saved, _Settings(steps=3), may_change=("batch_size",))
+    with pytest.raises(UserError, match="classes"):
+        check_resume_settings(saved, _Settings(classes=["a"]), may_change=("batch_size",))
+    saved.write_text("steps: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        check_resume_settings(saved, _Settings(), may_change=())
+
+
+def test_drop_records_after_keeps_earlier_steps_and_skips_a_torn_line(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    for step in (1, 2, 3):
+        append_jsonl(metrics, {"step": step, "loss": 1.0 / step})
+    with open(metrics, "a") as f:
+        f.write('{"step": 4, "lo')  # killed while logging step 4
+    drop_records_after(metrics, 2)
+    assert [r["step"] for r in read_jsonl(metrics)] == [1, 2]
+    assert metrics.read_text().endswith("\n")
+    drop_records_after(tmp_path / "absent.jsonl", 2)  # nothing logged yet: nothing to do
+    assert not (tmp_path / "absent.jsonl").exists()

@@ -7,13 +7,7 @@ import runpy
 import sys
 from pathlib import Path
 
-import pytest
-
-from sd_tiny import one_thread
-
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "generator_throughput.py"
-
-single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 
 def test_bench_tiny_reports_both_sides(tmp_path, monkeypatch):

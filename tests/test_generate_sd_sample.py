@@ -14,18 +14,26 @@ from mrisynth.errors import UserError
 from mrisynth.files import sha256_dir
 from mrisynth.generate import read_generator_info
 from mrisynth.generate.sd import SAMPLE_PRESETS, SampleConfig, run_sample
-from sd_tiny import one_thread, save_tiny_pipeline
+from sd_tiny import save_tiny_pipeline
 
 CLASSES = ["glioma", "meningioma", "pituitary"]
 
 
-single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
-
-
 @pytest.fixture(scope="module")
-def generator(tmp_path_factory) -> Path:
-    """A LoRA generator fine-tuned for 2 steps through `mrisynth generator train --backend sd`."""
-    root = tmp_path_factory.mktemp("sdgen")
+def generator_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("sdgen")
+
+
+@pytest.fixture
+def generator(generator_root: Path) -> Path:
+    """A LoRA generator fine-tuned for 2 steps through `mrisynth generator train --backend sd`, once per module.
+
+    Function-scoped (skipped once trained) so that it runs under conftest's one-thread setting, which
+    module-scoped fixtures would precede (two threads fighting over the shared cores: 10x slower).
+    """
+    root = generator_root
+    if (root / "gen" / "generator.json").is_file():
+        return root / "gen"
     model = save_tiny_pipeline(root / "tiny-sd")
     data = _tiny_data(root)
     code = main(["generator", "train", "--backend", "sd", "--data", str(data), "--out", str(root / "gen"),
@@ -76,7 +84,8 @@ def test_text2img_writes_one_channel_images_with_provenance(generator, tmp_path)
         assert pixels(r).shape == (24, 24)  # resized to the chosen output size
         assert (r.width, r.height, r.source, r.split) == (24, 24, "synthetic", "train")
         assert r.prompt.endswith(r.class_name) and r.seed >= 0 and r.steps == 2
-        assert r.guidance == 0.0 and r.strength is None and r.source_image_id == ""
+        # guidance 0 (the default) means "off": recorded as 1.0, the conditional model alone, as it ran.
+        assert r.guidance == 1.0 and r.strength is None and r.source_image_id == ""
         assert r.generator_sha256 == checksum and len(r.sha256) == 64
     assert len({r.seed for r in rows}) == len(rows)
     assert (tmp_path / "syn" / "config.yaml").is_file()
@@ -115,6 +124,23 @@ def test_a_stopped_run_resumes_without_redoing_images(generator, tmp_path):
     assert len(rows) == 6
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # not rewritten
     assert {r.id: r.sha256 for r in rows if r.id in first} == first
+
+
+def test_a_resumed_set_refuses_other_settings_and_keeps_its_config(generator, tmp_path):
+    out = tmp_path / "syn"
+    sample(generator, out, n_per_class=1, guidance=0.5)
+    config = (out / "config.yaml").read_text()
+    pngs = sorted(out.rglob("*.png"))
+    for change in ({"steps": 3}, {"seed": 1}, {"guidance": 7.5}, {"mode": "img2img"}):
+        with pytest.raises(UserError, match=f"{next(iter(change))}="):
+            sample(generator, out, **{"n_per_class": 2, "guidance": 0.5, **change})
+        assert (out / "config.yaml").read_text() == config  # the record of how the set was made stays true
+        assert sorted(out.rglob("*.png")) == pngs  # and nothing of the other settings was added
+    # Cutting the work up differently is fine: more images, another batch size.
+    rows = sample(generator, out, n_per_class=2, guidance=0.5, batch_size=1)
+    assert len(rows) == 6
+    # guidance 0.5 is below 1, so it is off: every image records the guidance it was really made with.
+    assert {r.guidance for r in rows} == {1.0}
 
 
 def test_cli_sample_with_the_turbo_preset(generator, tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -19,9 +20,7 @@ from mrisynth.generate import read_generator_info
 from mrisynth.generate import sd_latents as latents_mod
 from mrisynth.generate.sd import TRAIN_PRESETS, TrainConfig, run_train
 from mrisynth.generate.sd_load import resolve_model_dir
-from sd_tiny import one_thread, save_tiny_pipeline
-
-single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
+from sd_tiny import save_tiny_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +93,42 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_model, tiny_
     assert [r["step"] for r in read_jsonl(split_dir / "metrics.jsonl")] == [1, 2]
 
 
-def test_resume_refuses_a_checkpoint_of_other_settings(tiny_model, tiny_manifest_dir, tmp_path):
-    run_train(tiny_cfg(tiny_model, steps=1), data_dir=tiny_manifest_dir, out_dir=tmp_path / "gen")
+def test_resume_refuses_other_settings_and_keeps_the_saved_config(tiny_model, tiny_manifest_dir, tmp_path):
+    gen = tmp_path / "gen"
+    run_train(tiny_cfg(tiny_model, steps=1), data_dir=tiny_manifest_dir, out_dir=gen)
+    config = (gen / "config.yaml").read_text()
+    with pytest.raises(UserError, match="lr=0.001, not 0.5"):
+        run_train(tiny_cfg(tiny_model, steps=2, lr=0.5), data_dir=tiny_manifest_dir, out_dir=gen)
+    assert (gen / "config.yaml").read_text() == config  # checked before anything was written
+    # The checkpoint's fingerprint still guards what config.yaml does not hold (the data folder).
+    other_data = tmp_path / "other-data"
+    shutil.copytree(tiny_manifest_dir, other_data)
     with pytest.raises(UserError, match="other settings"):
-        run_train(tiny_cfg(tiny_model, steps=2, lr=0.5), data_dir=tiny_manifest_dir, out_dir=tmp_path / "gen")
+        run_train(tiny_cfg(tiny_model, steps=2), data_dir=other_data, out_dir=gen)
+    assert (gen / "config.yaml").read_text() == config
+
+
+def test_the_latent_cache_follows_the_pixels_not_only_the_ids(tiny_model, tmp_path):
+    """A data folder prepared again (same ids, other pixels) must not train on the old images' latents."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3, 16, 16), dtype=np.uint8)
+    path = tmp_path / "latents-16.safetensors"
+
+    def build(imgs: np.ndarray) -> dict:
+        return latents_mod.load_or_build_train_latents(
+            path, model_dir=tiny_model, images=imgs, ids=["a", "b", "c"], prompts=["p"], flip=False,
+            device=torch.device("cpu"))
+
+    first = build(images)
+    stamp = path.stat().st_mtime_ns
+    assert torch.equal(build(images.copy())["latents"], first["latents"])
+    assert path.stat().st_mtime_ns == stamp  # same pixels: read back, not rebuilt
+    changed = images.copy()
+    changed[1] = 255 - changed[1]
+    again = build(changed)
+    assert path.stat().st_mtime_ns != stamp
+    assert torch.equal(again["latents"][0], first["latents"][0])
+    assert not torch.equal(again["latents"][1], first["latents"][1])  # the new pixels were encoded
 
 
 def test_missing_model_folder_is_a_clear_error(tmp_path, tiny_manifest_dir, capsys):

@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Literal
-
-import yaml
-
-from mrisynth.config import to_dict
-from mrisynth.errors import UserError
 
 Device = Literal["auto", "cpu", "cuda"]
 Sampler = Literal["ddim", "dpm++"]
@@ -91,16 +85,3 @@ SAMPLE_PRESETS: dict[str, dict] = {
     "quality": {"sampler": "ddim", "steps": 50},
 }
 
-
-def check_same_settings(saved_config: Path, cfg: object, *, may_change: tuple[str, ...]) -> None:
-    """Refuse to resume into a folder written with different settings (mixing them would give a chimera)."""
-    if not saved_config.is_file():
-        return
-    old = yaml.safe_load(saved_config.read_text(encoding="utf-8")) or {}
-    new = to_dict(cfg)
-    for key, value in new.items():
-        if key not in may_change and key in old and old[key] != value:
-            raise UserError(
-                f"{saved_config.parent} holds a run with {key}={old[key]!r}, not {value!r}; "
-                f"use a new --out folder, or the same settings to resume"
-            )

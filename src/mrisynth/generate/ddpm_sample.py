@@ -16,7 +16,7 @@ from mrisynth.devices import resolve_device
 from mrisynth.errors import UserError
 from mrisynth.files import sha256_dir
 from mrisynth.generate import read_generator_info
-from mrisynth.generate.ddpm_config import SampleConfig, check_same_settings
+from mrisynth.generate.ddpm_config import SampleConfig
 from mrisynth.generate.ddpm_model import (
     build_sampler,
     denoise,
@@ -25,6 +25,7 @@ from mrisynth.generate.ddpm_model import (
     to_uint8_images,
 )
 from mrisynth.generate.output import SyntheticWriter, synthetic_id
+from mrisynth.generate.resume import check_resume_settings
 from mrisynth.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,8 @@ def run_sample(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | 
     scheduler_config = DDPMScheduler.load_config(Path(gen_dir) / "scheduler", local_files_only=True)
 
     out = Path(out_dir)
+    check_resume_settings(out / "config.yaml", cfg, may_change=_MAY_CHANGE)
     writer = SyntheticWriter(out, classes, generator_sha256=sha256_dir(Path(gen_dir) / "unet"))
-    check_same_settings(out / "config.yaml", cfg, may_change=_MAY_CHANGE)
     save_config(cfg, out / "config.yaml")
     done = writer.existing_ids()
     todo = [(c, i) for c in (cfg.classes or classes) for i in range(cfg.n_per_class)

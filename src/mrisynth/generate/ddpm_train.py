@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -37,13 +36,11 @@ from mrisynth.files import (
     append_jsonl,
     atomic_path,
     ensure_writable_dir,
-    read_jsonl,
     sha256_dir,
     write_json,
-    write_text,
 )
 from mrisynth.generate import GENERATOR_JSON
-from mrisynth.generate.ddpm_config import SampleConfig, TrainConfig, check_same_settings
+from mrisynth.generate.ddpm_config import SampleConfig, TrainConfig
 from mrisynth.generate.ddpm_model import (
     autocast,
     build_noise_scheduler,
@@ -57,6 +54,7 @@ from mrisynth.generate.ddpm_model import (
     to_uint8_images,
     update_ema,
 )
+from mrisynth.generate.resume import check_resume_settings, drop_records_after
 from mrisynth.seeding import derive_seed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -214,16 +212,11 @@ def save_generator(state: TrainState, noise_scheduler: DDPMScheduler, cfg: Train
     })
 
 
-def _drop_records_after(metrics: Path, step: int) -> None:
-    kept = [r for r in read_jsonl(metrics) if r["step"] <= step]
-    write_text(metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-
-
 def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Train (or resume training) a DDPM on the train split of `data_dir`; returns the generator folder."""
     out = ensure_writable_dir(out_dir)
     data_dir = str(Path(data_dir).resolve())
-    check_same_settings(out / "config.yaml", cfg, may_change=_MAY_CHANGE)
+    check_resume_settings(out / "config.yaml", cfg, may_change=_MAY_CHANGE)
     device = resolve_device(cfg.device)
     dist = init_distributed(backend_device=device.type)  # a world of one unless started by a launcher
     device = dist.device(device)
@@ -239,7 +232,7 @@ def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | o
         load_checkpoint(state, out / CHECKPOINT_DIR, data_dir=data_dir)
         log.info("resuming %s from step %d", out, state.step)
         if dist.is_main:
-            _drop_records_after(metrics, state.step)  # those steps are about to be redone
+            drop_records_after(metrics, state.step)  # those steps are about to be redone
     elif metrics.exists() and dist.is_main:
         metrics.unlink()
     dist.barrier()

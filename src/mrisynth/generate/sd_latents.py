@@ -11,12 +11,17 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from mrisynth.files import atomic_path
+
+if TYPE_CHECKING:  # annotations only: importing diffusers/transformers costs seconds
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +32,8 @@ def class_prompts(template: str, classes: Sequence[str]) -> list[str]:
 
 
 @torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], *, device: torch.device) -> torch.Tensor:
+def encode_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: Sequence[str], *,
+                   device: torch.device) -> torch.Tensor:
     """Text-encoder hidden states of each prompt, padded to the tokenizer's length: (P, L, D) float32 on the CPU."""
     tokens = tokenizer(
         list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -38,7 +44,7 @@ def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], *, device: t
     return hidden.float().cpu()
 
 
-def _scale_shift(vae) -> tuple[float, float]:
+def _scale_shift(vae: AutoencoderKL) -> tuple[float, float]:
     return float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
 
 
@@ -49,7 +55,7 @@ def to_vae_input(images: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_images(vae, images: np.ndarray, *, device: torch.device, batch_size: int = 16, flip: bool = False,
+def encode_images(vae: AutoencoderKL, images: np.ndarray, *, device: torch.device, batch_size: int = 16, flip: bool = False,
                   progress: bool = True) -> torch.Tensor:
     """Scaled VAE latents of uint8 images (N, H, W): (N, C, H/f, W/f) float32 on the CPU.
 
@@ -71,7 +77,7 @@ def encode_images(vae, images: np.ndarray, *, device: torch.device, batch_size: 
 
 
 @torch.no_grad()
-def decode_latents(vae, latents: torch.Tensor, *, batch_size: int = 0) -> np.ndarray:
+def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, *, batch_size: int = 0) -> np.ndarray:
     """Latents (B, C, h, w) -> grey uint8 images (B, H, W): the decoded RGB channels averaged."""
     scale, shift = _scale_shift(vae)
     dtype = next(vae.parameters()).dtype
@@ -97,12 +103,13 @@ def load_or_build_train_latents(
     """Latents (and flipped latents) of the training images plus prompt embeddings, computed once.
 
     Returns {"latents": (N, C, h, w), ["latents_flip": same], "prompt_embeds": (P + 1, L, D)}; the last prompt
-    embedding is the empty prompt (caption dropout / unconditional). The file is rebuilt when any input changes.
+    embedding is the empty prompt (caption dropout / unconditional). The file is rebuilt when any input changes,
+    pixels included (a data folder prepared again under the same ids is not the same training set).
     """
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    key = _cache_key(model_dir, images.shape, ids, prompts, flip)
+    key = _cache_key(model_dir, images, ids, prompts, flip)
     if path.is_file():
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -129,9 +136,12 @@ def load_or_build_train_latents(
     return tensors
 
 
-def _cache_key(model_dir: Path, shape: tuple, ids: Sequence[str], prompts: Sequence[str], flip: bool) -> str:
+def _cache_key(model_dir: Path, images: np.ndarray, ids: Sequence[str], prompts: Sequence[str], flip: bool) -> str:
     # The VAE's weights are identified by their file's size and mtime (hashing gigabytes on every run would not pay).
     weights = sorted((model_dir / "vae").glob("*.safetensors")) + sorted((model_dir / "text_encoder").glob("*"))
     stamp = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in weights if p.is_file()]
-    blob = json.dumps([str(model_dir), stamp, list(shape), list(ids), list(prompts), flip])
+    # The images themselves are hashed (3,064 x 256 x 256 uint8 = 200 MB: well under a second), so pixels that
+    # changed under the same ids (a re-prepared data folder) rebuild the cache.
+    pixels = hashlib.sha256(np.ascontiguousarray(images, dtype=np.uint8).data).hexdigest()
+    blob = json.dumps([str(model_dir), stamp, list(images.shape), pixels, list(ids), list(prompts), flip])
     return hashlib.sha256(blob.encode()).hexdigest()

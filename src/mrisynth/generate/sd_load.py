@@ -16,11 +16,16 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from mrisynth.errors import UserError
 from mrisynth.files import atomic_path, sha256_dir
+
+if TYPE_CHECKING:  # annotations only: importing diffusers/transformers costs seconds
+    from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +69,9 @@ def _cached_snapshot(repo_id: str) -> Path:
         ) from exc
 
 
-def load_unet(model_dir: str | os.PathLike, *, subfolder: str = "unet", dtype: torch.dtype = torch.float32):
+def load_unet(
+    model_dir: str | os.PathLike, *, subfolder: str = "unet", dtype: torch.dtype = torch.float32
+) -> UNet2DConditionModel:
     """The denoising UNet (UNet2DConditionModel)."""
     from diffusers import UNet2DConditionModel
 
@@ -73,7 +80,7 @@ def load_unet(model_dir: str | os.PathLike, *, subfolder: str = "unet", dtype: t
     )
 
 
-def load_vae(model_dir: str | os.PathLike, *, dtype: torch.dtype = torch.float32):
+def load_vae(model_dir: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> AutoencoderKL:
     """The autoencoder, frozen (it only encodes once and decodes samples)."""
     from diffusers import AutoencoderKL
 
@@ -81,7 +88,7 @@ def load_vae(model_dir: str | os.PathLike, *, dtype: torch.dtype = torch.float32
     return vae.requires_grad_(False).eval()
 
 
-def load_text_stack(model_dir: str | os.PathLike):
+def load_text_stack(model_dir: str | os.PathLike) -> tuple[CLIPTokenizer, CLIPTextModel]:
     """(tokenizer, text encoder), frozen: prompts are encoded once per class."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -97,7 +104,7 @@ def load_scheduler_config(model_dir: str | os.PathLike) -> dict:
     return dict(DDPMScheduler.load_config(model_dir, subfolder="scheduler", local_files_only=True))
 
 
-def add_lora(unet, *, rank: int, alpha: int, targets: list[str]) -> None:
+def add_lora(unet: UNet2DConditionModel, *, rank: int, alpha: int, targets: list[str]) -> None:
     """Freeze the UNet and attach trainable LoRA weights to its attention projections."""
     from peft import LoraConfig
 
@@ -109,7 +116,7 @@ def add_lora(unet, *, rank: int, alpha: int, targets: list[str]) -> None:
         raise UserError(f"lora_targets {targets} match no UNet layer ({exc}); use e.g. [to_q, to_k, to_v, to_out.0]") from exc
 
 
-def save_full_pipeline(unet, *, base_dir: Path, out_dir: Path) -> Path:
+def save_full_pipeline(unet: UNet2DConditionModel, *, base_dir: Path, out_dir: Path) -> Path:
     """Save the fine-tuned UNet with the base model's other parts as one loadable pipeline folder."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
@@ -126,7 +133,7 @@ def save_full_pipeline(unet, *, base_dir: Path, out_dir: Path) -> Path:
     return target
 
 
-def save_lora(unet, *, out_dir: Path) -> Path:
+def save_lora(unet: UNet2DConditionModel, *, out_dir: Path) -> Path:
     """Save only the LoRA weights, in the layout `pipe.load_lora_weights(GEN/lora)` reads."""
     from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
@@ -152,7 +159,7 @@ def generator_parts(gen_dir: str | os.PathLike, info: dict) -> tuple[Path, Path]
     return model_dir, weights
 
 
-def load_generator_unet(gen_dir: str | os.PathLike, info: dict, *, dtype: torch.dtype):
+def load_generator_unet(gen_dir: str | os.PathLike, info: dict, *, dtype: torch.dtype) -> UNet2DConditionModel:
     """The fine-tuned UNet of a trained generator (LoRA weights fused into the base for speed)."""
     model_dir, weights = generator_parts(gen_dir, info)
     unet = load_unet(model_dir, dtype=dtype)
@@ -167,7 +174,7 @@ def generator_checksum(gen_dir: str | os.PathLike, info: dict) -> str:
     return sha256_dir(generator_parts(gen_dir, info)[1])
 
 
-def _scheduler_class(name: str):
+def _scheduler_class(name: str) -> type[SchedulerMixin] | None:
     import diffusers
 
     cls = getattr(diffusers, name, None)

@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from mrisynth.devices import resolve_device
 from mrisynth.errors import UserError
 from mrisynth.generate import read_generator_info
 from mrisynth.generate.output import SyntheticWriter, synthetic_id
+from mrisynth.generate.resume import check_resume_settings
 from mrisynth.generate.sd import SampleConfig
 from mrisynth.generate.sd_latents import class_prompts, decode_latents, encode_images, encode_prompts
 from mrisynth.generate.sd_load import (
@@ -35,13 +37,19 @@ from mrisynth.generate.sd_load import (
 )
 from mrisynth.seeding import derive_seed
 
+if TYPE_CHECKING:  # annotations only: importing diffusers costs seconds
+    from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
+
 log = logging.getLogger(__name__)
+
+# A rerun may change how the work is cut up and run, not what each image is (fp16 vs fp32 would: `precision` stays).
+_MAY_CHANGE = ("n_per_class", "batch_size", "device", "compile", "compile_mode", "channels_last", "decode_batch")
 
 _SCHEDULERS = {"euler_ancestral": "EulerAncestralDiscreteScheduler", "euler": "EulerDiscreteScheduler",
                "ddim": "DDIMScheduler"}
 
 
-def build_scheduler(config: dict, *, name: str = "euler_ancestral", spacing: str = "trailing"):
+def build_scheduler(config: dict, *, name: str = "euler_ancestral", spacing: str = "trailing") -> SchedulerMixin:
     """A sampling scheduler on the model's noise schedule (betas, prediction type), with the chosen spacing."""
     import diffusers
 
@@ -58,8 +66,8 @@ def initial_noise(seeds: Sequence[int], shape: tuple[int, ...]) -> tuple[torch.T
 
 @torch.no_grad()
 def denoise(
-    unet,
-    scheduler,
+    unet: UNet2DConditionModel,
+    scheduler: SchedulerMixin,
     noise: torch.Tensor,  # (B, C, h, w)
     cond: torch.Tensor,  # (B, L, D) prompt embeddings
     *,
@@ -84,7 +92,7 @@ def denoise(
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(skip)
         latents = scheduler.add_noise(init_latents.to(device, dtype), noise, timesteps[:1].repeat(len(noise)))
-    use_cfg = guidance > 1.0
+    use_cfg = uses_guidance(guidance)
     if use_cfg:
         if uncond is None:
             raise ValueError("guidance > 1 needs unconditional embeddings")
@@ -100,6 +108,17 @@ def denoise(
     return latents
 
 
+def uses_guidance(guidance: float) -> bool:
+    """Classifier-free guidance runs only for scales above 1 (at 1 it equals the conditional model alone)."""
+    return guidance > 1.0
+
+
+def effective_guidance(guidance: float) -> float:
+    """The guidance scale the sampler really applied: scales <= 1 mean "off", i.e. 1.0 (the conditional model
+    alone, as in the DDPM backend's convention); this is what the provenance records."""
+    return float(guidance) if uses_guidance(guidance) else 1.0
+
+
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """auto: fp16 on a GPU, fp32 on the CPU (half precision on the CPU is slow and not what anyone wants)."""
     if precision == "auto":
@@ -109,7 +128,9 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def speed_up(unet, vae, cfg: SampleConfig, device: torch.device):
+def speed_up(
+    unet: UNet2DConditionModel, vae: AutoencoderKL, cfg: SampleConfig, device: torch.device
+) -> tuple[UNet2DConditionModel, AutoencoderKL]:
     """GPU speed paths, each behind a flag: channels_last memory layout and torch.compile of UNet and decoder."""
     if device.type != "cuda":
         return unet, vae
@@ -129,6 +150,8 @@ def sample_sd(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | o
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.precision, device)
     classes = list(info["classes"])
+    # Before anything is written: a resumed set must not mix settings (and its config.yaml must stay true).
+    check_resume_settings(Path(out_dir) / "config.yaml", cfg, may_change=_MAY_CHANGE)
     writer = SyntheticWriter(out_dir, classes, generator_sha256=generator_checksum(gen_dir, info))
     save_config(cfg, writer.out_dir / "config.yaml")
     jobs = _plan(classes, cfg, writer.existing_ids())
@@ -155,7 +178,7 @@ def _plan(classes: list[str], cfg: SampleConfig, done: set[str]) -> list[tuple[i
     return jobs
 
 
-def _generate(jobs, gen_dir, info: dict, cfg: SampleConfig, writer: SyntheticWriter, *,
+def _generate(jobs: list[tuple[int, str, int]], gen_dir: str | os.PathLike, info: dict, cfg: SampleConfig, writer: SyntheticWriter, *,
               device: torch.device, dtype: torch.dtype) -> None:
     classes = list(info["classes"])
     model_dir, _ = generator_parts(gen_dir, info)
@@ -195,7 +218,7 @@ def _generate(jobs, gen_dir, info: dict, cfg: SampleConfig, writer: SyntheticWri
             image = images[j] if out_size == size else fit_square(images[j], out_size)
             writer.add(
                 image, image_id=image_id, class_name=classes[label], prompt=prompts[label], seed=seed,
-                steps=cfg.steps, guidance=cfg.guidance, strength=cfg.strength if sources is not None else None,
+                steps=cfg.steps, guidance=effective_guidance(cfg.guidance), strength=cfg.strength if sources is not None else None,
                 source_image_id=src_ids[j] if src_ids else "",
             )
 
@@ -203,7 +226,7 @@ def _generate(jobs, gen_dir, info: dict, cfg: SampleConfig, writer: SyntheticWri
 class _SourcePicker:
     """Image-to-image sources: a training image of the same class, drawn with the image's own seed."""
 
-    def __init__(self, info: dict, vae, device: torch.device) -> None:
+    def __init__(self, info: dict, vae: AutoencoderKL, device: torch.device) -> None:
         data_dir = Path(info["data_dir"])
         if not (data_dir / "manifest.csv").is_file():
             raise UserError(f"img2img needs the training images, but {data_dir} (from generator.json) is gone")

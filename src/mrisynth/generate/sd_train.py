@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,8 +31,9 @@ from mrisynth.data.images import save_grayscale_png
 from mrisynth.devices import resolve_device
 from mrisynth.distributed import init_distributed, main_process_first
 from mrisynth.errors import UserError
-from mrisynth.files import append_jsonl, atomic_path, ensure_writable_dir, read_jsonl, write_json, write_text
+from mrisynth.files import append_jsonl, atomic_path, ensure_writable_dir, write_json
 from mrisynth.generate import GENERATOR_JSON
+from mrisynth.generate.resume import check_resume_settings, drop_records_after
 from mrisynth.generate.sd import TrainConfig
 from mrisynth.generate.sd_latents import class_prompts, decode_latents, load_or_build_train_latents
 from mrisynth.generate.sd_load import (
@@ -46,6 +48,9 @@ from mrisynth.generate.sd_load import (
 from mrisynth.generate.sd_sample import build_scheduler, denoise, initial_noise
 from mrisynth.seeding import derive_seed, seed_everything
 
+if TYPE_CHECKING:  # annotations only: importing diffusers costs seconds
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
 log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its resumption without invalidating the checkpoint.
@@ -55,6 +60,8 @@ _RESUMABLE_CHANGES = ("steps", "log_every", "checkpoint_every", "sample_every", 
 def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Fine-tune on the train split of `data_dir` and save the generator to `out_dir`; resumes a stopped run."""
     _check(cfg)
+    # Before anything is written (config, latent cache): refuse to continue a run of other settings.
+    check_resume_settings(Path(out_dir) / "config.yaml", cfg, may_change=_RESUMABLE_CHANGES)
     out = ensure_writable_dir(out_dir)
     data_dir = Path(data_dir).resolve()
     device = resolve_device(cfg.device)
@@ -66,8 +73,6 @@ def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
     train_rows = cache.indices("train")
     if len(train_rows) == 0:
         raise UserError(f"{data_dir} has no images in the train split; run `mrisynth data prepare` with a split")
-    if dist.is_main:
-        save_config(cfg, out / "config.yaml")
 
     prompts = class_prompts(cfg.prompt_template, cache.classes)
     with main_process_first(dist):  # the main process encodes the latents once; the others read its file
@@ -87,7 +92,9 @@ def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     ema = {n: p.detach().clone().float() for n, p in trainable.items()} if cfg.ema else None
     fingerprint = _fingerprint(cfg, model_dir, data_dir)
-    start = _resume(out, unet, optimizer, lr_sched, ema, fingerprint=fingerprint)
+    start = _resume(out, unet, optimizer, lr_sched, ema, fingerprint=fingerprint, is_main=dist.is_main)
+    if dist.is_main:  # only now: a refused resume (model or data changed) must leave the old config.yaml alone
+        save_config(cfg, out / "config.yaml")
     vae = load_vae(model_dir).to(device) if cfg.sample_every > 0 and dist.is_main else None  # sample grids only
     net = dist.wrap(unet)
     chunks = dist.chunks(cfg.batch_size, cfg.grad_accum_steps)
@@ -142,7 +149,7 @@ def _check(cfg: TrainConfig) -> None:
         raise UserError(f"caption_dropout must be in [0, 1); got {cfg.caption_dropout}")
 
 
-def _build_unet(model_dir: Path, cfg: TrainConfig, device: torch.device):
+def _build_unet(model_dir: Path, cfg: TrainConfig, device: torch.device) -> UNet2DConditionModel:
     unet = load_unet(model_dir)  # fp32 master weights; bf16 comes from autocast
     if cfg.mode == "lora":
         add_lora(unet, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=list(cfg.lora_targets))
@@ -153,14 +160,14 @@ def _build_unet(model_dir: Path, cfg: TrainConfig, device: torch.device):
     return unet.to(device)
 
 
-def _noise_schedule(config: dict):
+def _noise_schedule(config: dict) -> DDPMScheduler:
     """The DDPM forward process on the model's own betas (whatever sampler it ships with)."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.from_config(config)
 
 
-def _loss(unet, noise_sched, data: dict, labels: torch.Tensor, cfg: TrainConfig, *, step: int,
+def _loss(unet: torch.nn.Module, noise_sched: DDPMScheduler, data: dict, labels: torch.Tensor, cfg: TrainConfig, *, step: int,
           device: torch.device, part: slice = slice(None)) -> torch.Tensor:
     """Denoising loss of one batch; every random choice comes from the generator of this step.
 
@@ -209,8 +216,8 @@ def _fingerprint(cfg: TrainConfig, model_dir: Path, data_dir: Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _save_checkpoint(out: Path, step: int, trainable: dict, optimizer, lr_sched, ema: dict | None, *,
-                     fingerprint: str) -> None:
+def _save_checkpoint(out: Path, step: int, trainable: dict, optimizer: torch.optim.Optimizer,
+                     lr_sched: torch.optim.lr_scheduler.LRScheduler, ema: dict | None, *, fingerprint: str) -> None:
     """The shared schema (`mrisynth.checkpoint`) in checkpoints/step-N/, written under a temporary name."""
     root = out / "checkpoints"
     target = root / f"step-{step:07d}"
@@ -228,7 +235,9 @@ def _save_checkpoint(out: Path, step: int, trainable: dict, optimizer, lr_sched,
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _resume(out: Path, unet, optimizer, lr_sched, ema: dict | None, *, fingerprint: str) -> int:
+def _resume(out: Path, unet: UNet2DConditionModel, optimizer: torch.optim.Optimizer,
+            lr_sched: torch.optim.lr_scheduler.LRScheduler, ema: dict | None, *, fingerprint: str,
+            is_main: bool = True) -> int:
     """Load the newest checkpoint in `out` if any; returns the step to continue from."""
     found = sorted((out / "checkpoints").glob("step-*[0-9]"))
     if not found:
@@ -251,16 +260,14 @@ def _resume(out: Path, unet, optimizer, lr_sched, ema: dict | None, *, fingerpri
     if ema is not None:
         ema.update(checkpoint.load_weights(ckpt / "ema.safetensors", device=device))
     step = int(state["step"])
-    # Forget metrics logged after the checkpoint: those steps are about to be replayed.
-    metrics = out / "metrics.jsonl"
-    kept = [r for r in read_jsonl(metrics) if r.get("step", 0) <= step]
-    write_text(metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    if is_main:  # forget metrics logged after the checkpoint: those steps are about to be replayed
+        drop_records_after(out / "metrics.jsonl", step)
     log.info("resumed from %s", ckpt)
     return step
 
 
 @torch.no_grad()
-def _save_grid(path: Path, unet, vae, embeds: torch.Tensor, model_dir: Path, *, size: int, steps: int = 4) -> None:
+def _save_grid(path: Path, unet: UNet2DConditionModel, vae: AutoencoderKL, embeds: torch.Tensor, model_dir: Path, *, size: int, steps: int = 4) -> None:
     """One image per class side by side (fixed seeds, so grids of different steps compare)."""
     unet.eval()
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -276,7 +283,7 @@ def _save_grid(path: Path, unet, vae, embeds: torch.Tensor, model_dir: Path, *, 
     unet.train()
 
 
-def _save_result(out: Path, unet, trainable: dict, ema: dict | None, *, cfg: TrainConfig, model_dir: Path,
+def _save_result(out: Path, unet: UNet2DConditionModel, trainable: dict, ema: dict | None, *, cfg: TrainConfig, model_dir: Path,
                  data_dir: Path, classes: list[str]) -> Path:
     """Save the weights (EMA ones when kept) with save_pretrained, then generator.json last."""
     if ema is not None:
