@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +35,9 @@ from mrisynth.data.cache import load_cache
 from mrisynth.data.images import save_grayscale_png
 from mrisynth.data.manifest import ImageRecord, load_manifest, save_classes, save_manifest
 from mrisynth.seeding import seed_everything
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when not run as a script
+from _common import peak_gpu_mib, peak_host_mib, sync  # noqa: E402
 
 CLASSES = ["glioma", "meningioma", "pituitary"]
 
@@ -79,13 +82,6 @@ class FileDataset(Dataset):
             return self.transform(img.convert("L")), rec.label
 
 
-def peak_host_mib() -> float:
-    """Peak resident memory of this process plus its (finished) worker children, MiB (Linux reports KiB)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) / 1024
-
-
 def run_engine(args, data_dir: Path, device: torch.device) -> dict:
     on_gpu = device.type == "cuda"
     t0 = time.perf_counter()
@@ -106,7 +102,7 @@ def run_engine(args, data_dir: Path, device: torch.device) -> dict:
     warm_images = len(train) if on_gpu else min(len(train), args.batch * args.warmup_batches)
     warm = epoch_order(len(train), warm_images, generator=gen)
     train_one_epoch(net, optimizer, train, warm, **kwargs, desc="engine warm-up")  # compile, allocator, caches
-    _sync(device)
+    sync(device)
     images, seconds = 0, 0.0
     for _ in range(args.epochs):
         order = epoch_order(len(train), len(train), generator=gen)
@@ -135,7 +131,7 @@ def run_baseline(args, data_dir: Path, device: torch.device) -> dict:
             loss.backward()
             optimizer.step()
             seen += len(y)
-        _sync(device)
+        sync(device)
         return seen, time.perf_counter() - start
 
     one_pass(args.warmup_batches)  # start workers, warm caches
@@ -144,19 +140,6 @@ def run_baseline(args, data_dir: Path, device: torch.device) -> dict:
         n, s = one_pass(None)
         images, seconds = images + n, seconds + s
     return {"images_per_second": images / seconds, "images": images, "seconds": seconds}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _gpu_peak_mib(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    peak = torch.cuda.max_memory_allocated() / 2**20
-    torch.cuda.reset_peak_memory_stats()
-    return peak
 
 
 def main() -> None:
@@ -183,9 +166,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data or write_png_folder(Path(tmp) / "data", args.images)
         engine = run_engine(args, data_dir, device)
-        engine["peak_host_mib"], engine["peak_gpu_mib"] = peak_host_mib(), _gpu_peak_mib(device)
+        engine["peak_host_mib"], engine["peak_gpu_mib"] = peak_host_mib(children=True), peak_gpu_mib(device)
         baseline = run_baseline(args, data_dir, device)
-        baseline["peak_host_mib"], baseline["peak_gpu_mib"] = peak_host_mib(), _gpu_peak_mib(device)
+        baseline["peak_host_mib"], baseline["peak_gpu_mib"] = peak_host_mib(children=True), peak_gpu_mib(device)
 
     name = torch.cuda.get_device_name() if on_gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.model} {args.size}px batch {args.batch}, {engine['images']} images timed, {name}, "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))  # also when run through runpy (the tests), not only as a script
+from _common import peak_gpu_mib, peak_host_mib, sync  # noqa: E402
 
 
 def sd_turbo_components(device: torch.device) -> dict:
@@ -72,17 +73,10 @@ def timed(fn, *, iters: int, warmup: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def peak_gpu_gib(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    torch.cuda.reset_peak_memory_stats()
-    return round(peak, 2)
+    """Peak GPU memory since the last reading, GiB to 2 decimals (None on the CPU)."""
+    mib = peak_gpu_mib(device)
+    return None if mib is None else round(mib / 1024, 2)
 
 
 def bench_generation(parts: dict, args, device: torch.device) -> dict:
@@ -227,7 +221,7 @@ def main() -> None:
     }
     if not args.skip_finetune:
         report["finetune"] = bench_finetune(build(device), args, device)
-    report["peak_host_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    report["peak_host_rss_gib"] = round(peak_host_mib() / 1024, 2)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
