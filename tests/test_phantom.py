@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 from collections import Counter
 from pathlib import Path
@@ -167,19 +166,33 @@ def test_a_crash_leaves_no_half_written_folder(tmp_path, monkeypatch):
 
 
 def test_cli_subcommand(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    phantom.register(parser.add_subparsers())
+    from mrisynth.cli import main
+
     out = tmp_path / "cli"
-    args = parser.parse_args(["phantom", "--out", str(out), "--patients", "3", "--slices-per-patient", "2",
-                              "--size", "24", "--seed", "5", "--set", "difficulty=0.2", "--set", "workers=1"])
-    assert args.func(args) == 0
+    assert main(["data", "phantom", "--out", str(out), "--patients", "3", "--slices-per-patient", "2",
+                 "--size", "24", "--seed", "5", "--set", "difficulty=0.2", "--set", "workers=1"]) == 0
     assert "3 patients, 6 slices" in capsys.readouterr().out
     assert len(read_metadata(out)) == 6
     cfg = load_config(PhantomConfig, out / "config.yaml")
     assert (cfg.seed, cfg.size, cfg.difficulty) == (5, 24, 0.2)
-    bad = parser.parse_args(["phantom", "--out", str(tmp_path / "bad"), "--size", "4"])
-    with pytest.raises(UserError, match="--size"):
-        bad.func(bad)
+    assert main(["data", "phantom", "--out", str(tmp_path / "bad"), "--size", "4"]) == 2
+    assert "--size" in capsys.readouterr().err
+
+
+def test_slice_numbers_count_past_99(tmp_path):
+    rows = read_metadata(run_phantom(tiny(patients=1, slices_per_patient=101, size=16), tmp_path / "ph"))
+    assert [int(r["slice"]) for r in rows] == list(range(101))
+
+
+def test_a_class_with_share_zero_gets_no_folder_and_prepares(tmp_path):
+    from mrisynth.cli import main
+    from mrisynth.data.manifest import load_manifest
+
+    src = run_phantom(tiny(class_shares={"glioma": 1.0, "meningioma": 1.0, "pituitary": 0.0}), tmp_path / "ph")
+    for kind in ("images", "masks"):
+        assert sorted(p.name for p in (src / kind).iterdir()) == ["glioma", "meningioma"]
+    assert main(["data", "prepare", str(src), "--split", "patient", "--out", str(tmp_path / "prepared")]) == 0
+    assert {r.class_name for r in load_manifest(tmp_path / "prepared")} == {"glioma", "meningioma"}
 
 
 def test_data_prepare_reads_the_phantom_unchanged(tmp_path):

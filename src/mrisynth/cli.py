@@ -7,21 +7,19 @@ so this file only wires them together and turns `UserError` into a one-line mess
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
 from mrisynth import __version__
+from mrisynth.classify import cli as classify_cli
+from mrisynth.data import cli as data_cli
 from mrisynth.errors import UserError
+from mrisynth.generate import cli as generate_cli
+from mrisynth.quality import cli as quality_cli
+from mrisynth.study import cli as study_cli
 
 # Order is the order shown in --help.
-AREAS = (
-    "mrisynth.data.cli",
-    "mrisynth.generate.cli",
-    "mrisynth.classify.cli",
-    "mrisynth.quality.cli",
-    "mrisynth.study.cli",
-)
+AREAS = (data_cli, generate_cli, classify_cli, quality_cli, study_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,14 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in AREAS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:  # an area not built yet
-                continue
-            raise
-        module.register(subparsers)
+    for area in AREAS:
+        area.register(subparsers)
     return parser
 
 

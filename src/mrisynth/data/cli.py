@@ -1,9 +1,9 @@
-"""`mrisynth data prepare|audit|download|cache` (and `phantom` when that module exists)."""
+"""`mrisynth data prepare|audit|download|cache|phantom`."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import json
 import time
 
@@ -46,13 +46,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="stretch to the square (resize) or keep aspect and pad (letterbox)")
     cache.set_defaults(func=_cache)
 
-    try:
-        phantom = importlib.import_module("mrisynth.data.phantom")
-    except ModuleNotFoundError as exc:
-        if exc.name != "mrisynth.data.phantom":
-            raise
-    else:
-        phantom.register(subs)
+    phantom = subs.add_parser(
+        "phantom", help="write a built-in digital phantom data set (MRI-like slices, patients, tumour masks)"
+    )
+    phantom.add_argument("--out", required=True, help="output folder (replaced if it holds an earlier phantom)")
+    phantom.add_argument("--patients", type=int, default=None, help="number of patients (default 60)")
+    phantom.add_argument("--slices-per-patient", type=int, default=None, help="slices per patient (default 8)")
+    phantom.add_argument("--size", type=int, default=None, help="image size in pixels (default 256)")
+    phantom.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    phantom.add_argument("--difficulty", type=float, default=None, help="0 = obvious .. 1 = hard (default 0.5)")
+    add_config_args(phantom)
+    phantom.set_defaults(func=_phantom)
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -111,4 +115,18 @@ def _cache(args: argparse.Namespace) -> int:
     loaded = time.perf_counter() - start
     print(f"{len(cache)} images at {args.size} px ({cache.images.nbytes / 2**20:.0f} MiB) in {out}: "
           f"built in {built:.1f} s, loads in {loaded:.2f} s")
+    return 0
+
+
+def _phantom(args: argparse.Namespace) -> int:
+    from mrisynth.data.phantom import PhantomConfig, run_phantom
+
+    flags = {"patients": args.patients, "slices_per_patient": args.slices_per_patient, "size": args.size,
+             "seed": args.seed, "difficulty": args.difficulty}
+    cfg = config_from_args(PhantomConfig, args)
+    # Explicit flags win over --config / --set.
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    out = run_phantom(cfg, args.out)
+    n = cfg.patients * cfg.slices_per_patient
+    print(f"phantom written to {out}: {cfg.patients} patients, {n} slices of {cfg.size}x{cfg.size}")
     return 0

@@ -1,6 +1,6 @@
 """The built-in digital phantom: labelled, MRI-like axial slices with patients and tumour masks, no download.
 
-    mrisynth data phantom --out DIR [--patients N] [--slices-per-patient K] [--size S] [--seed K] [--difficulty D]
+    run_phantom(PhantomConfig(patients=60), "DIR")       (CLI: mrisynth data phantom --out DIR, in data/cli.py)
 
 writes the layout of the Figshare copy, which `mrisynth data prepare DIR` reads unchanged:
 
@@ -17,7 +17,6 @@ byte for byte for a seed whatever the number of worker processes. Anatomy: `phan
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -29,7 +28,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mrisynth.cliutil import add_config_args, config_from_args
 from mrisynth.config import save_config
 from mrisynth.data.images import save_grayscale_png
 from mrisynth.data.phantom_anatomy import (
@@ -128,10 +126,10 @@ def _render_job(job: tuple[PhantomConfig, int, str, Path]) -> list[tuple[str, st
     """Render one patient and save its PNGs under `root` (in the worker: encoding runs in parallel too)."""
     cfg, index, kind, root = job
     rows = []
-    for image_id, level, img, mask in render_patient(cfg, index, kind):
+    for s, (image_id, level, img, mask) in enumerate(render_patient(cfg, index, kind)):
         save_grayscale_png(img, root / "images" / kind / f"{image_id}.png")
         save_grayscale_png(mask, root / "masks" / kind / f"{image_id}.png")
-        rows.append((image_id, patient_id(index), kind, image_id[-2:], f"{level:.4f}"))
+        rows.append((image_id, patient_id(index), kind, f"{s:02d}", f"{level:.4f}"))
     return rows
 
 
@@ -147,7 +145,8 @@ def run_phantom(cfg: PhantomConfig, out_dir: str | os.PathLike) -> Path:
     rows = []
     # Written into a temporary folder renamed at the end: a crash never leaves a half phantom behind.
     with atomic_path(out_dir, suffix="") as tmp:
-        for kind in CLASSES:
+        # Folders only for classes that get patients: `data prepare` refuses an empty class folder.
+        for kind in sorted(set(classes)):
             (tmp / "images" / kind).mkdir(parents=True)
             (tmp / "masks" / kind).mkdir(parents=True)
         jobs = [(cfg, i, kind, tmp) for i, kind in enumerate(classes)]
@@ -180,30 +179,3 @@ class _InlineExecutor:
 
     def map(self, fn, items, chunksize: int = 1):
         return map(fn, items)
-
-
-def register(data_subparsers: argparse._SubParsersAction) -> None:
-    """Add `mrisynth data phantom` to the `data` subcommands."""
-    p = data_subparsers.add_parser(
-        "phantom", help="write a built-in digital phantom data set (MRI-like slices, patients, tumour masks)"
-    )
-    p.add_argument("--out", required=True, help="output folder (replaced if it holds an earlier phantom)")
-    p.add_argument("--patients", type=int, default=None, help="number of patients (default 60)")
-    p.add_argument("--slices-per-patient", type=int, default=None, help="slices per patient (default 8)")
-    p.add_argument("--size", type=int, default=None, help="image size in pixels (default 256)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    p.add_argument("--difficulty", type=float, default=None, help="0 = obvious .. 1 = hard (default 0.5)")
-    add_config_args(p)
-    p.set_defaults(func=_cli_phantom)
-
-
-def _cli_phantom(args: argparse.Namespace) -> int:
-    flags = {"patients": args.patients, "slices_per_patient": args.slices_per_patient, "size": args.size,
-             "seed": args.seed, "difficulty": args.difficulty}
-    cfg = config_from_args(PhantomConfig, args)
-    # Explicit flags win over --config / --set.
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
-    out = run_phantom(cfg, args.out)
-    n = cfg.patients * cfg.slices_per_patient
-    print(f"phantom written to {out}: {cfg.patients} patients, {n} slices of {cfg.size}x{cfg.size}")
-    return 0
