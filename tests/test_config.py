@@ -53,3 +53,24 @@ def test_resolved_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["epochs"] == 7
     assert load_config(Outer, tmp_path / "config.yaml") == cfg
+
+
+def test_preset_dict_returns_a_copy_and_names_the_choices():
+    from mrisynth.config import preset_dict
+
+    presets = {"tiny": {"epochs": 1}, "full": {"epochs": 90}}
+    assert preset_dict(presets, None, "classifier") == {}
+    got = preset_dict(presets, "tiny", "classifier")
+    got["epochs"] = 5
+    assert presets["tiny"] == {"epochs": 1}  # callers merge into it: the shared preset must not change
+    with pytest.raises(UserError, match="unknown classifier preset 'huge'; use one of tiny, full"):
+        preset_dict(presets, "huge", "classifier")
+
+
+def test_the_study_and_the_generator_cli_share_one_preset_lookup():
+    import mrisynth.generate.cli as gen_cli
+    import mrisynth.study.config as study_config
+    from mrisynth.config import preset_dict
+
+    assert gen_cli.preset_dict is preset_dict and study_config.preset_dict is preset_dict
+    assert not hasattr(gen_cli, "_preset") and not hasattr(study_config, "_preset")

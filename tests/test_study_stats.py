@@ -24,10 +24,11 @@ def test_t_interval_matches_the_textbook_formula():
 def test_identical_predictions_show_no_difference():
     correct = np.random.default_rng(0).random((3, 200)) < 0.8
     boot = stats.paired_bootstrap(correct, correct.copy(), n_boot=500)
-    mc = stats.mcnemar(correct, correct.copy())
+    test = stats.sign_flip_test(correct, correct.copy(), n_perm=500)
+    mc = stats.mcnemar(correct[0], correct[0].copy())
     assert boot["diff"] == 0 and boot["p"] == 1.0
-    assert mc["p"] == 1.0
-    assert stats.verdict(boot["diff"], mc["p"]) == "no detectable difference"
+    assert test["p"] == 1.0 and mc["p"] == 1.0
+    assert stats.verdict(boot["diff"], test["p"]) == "no detectable difference"
 
 
 def test_a_clearly_better_condition_helps_and_a_worse_one_hurts():
@@ -35,11 +36,13 @@ def test_a_clearly_better_condition_helps_and_a_worse_one_hurts():
     base = rng.random((2, 300)) < 0.7
     better = base | (rng.random((2, 300)) < 0.5)  # fixes about half the errors, breaks nothing
     boot = stats.paired_bootstrap(base, better, n_boot=1000, seed=3)
-    mc = stats.mcnemar(base, better)
+    test = stats.sign_flip_test(base, better, n_perm=1000, seed=3)
+    mc = stats.mcnemar(base[0], better[0])
     assert boot["diff"] > 0.1 and boot["lo"] > 0 and boot["p"] < 0.01
+    assert test["p"] == pytest.approx(1 / 1001)  # no random swap comes close: the smallest p it can give
     assert mc["p"] < 1e-6 and mc["only_a"] == 0
-    assert stats.verdict(boot["diff"], mc["p"]) == "helps"
-    assert stats.verdict(-boot["diff"], stats.mcnemar(better, base)["p"]) == "hurts"
+    assert stats.verdict(boot["diff"], test["p"]) == "helps"
+    assert stats.verdict(-boot["diff"], stats.sign_flip_test(better, base, n_perm=1000)["p"]) == "hurts"
 
 
 def test_mcnemar_uses_the_exact_binomial_for_few_discordant_pairs():
@@ -61,3 +64,29 @@ def test_bootstrap_is_seeded():
 def test_holm_adjusts_in_step_down_order():
     assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_repeating_seeds_with_identical_predictions_does_not_shrink_p():
+    # Seeds share the test images: copies of one seed add no evidence, so the test of record must not
+    # grow more confident (McNemar with pairs summed over 5 copies went from p=0.18 to p=0.0005 here).
+    base = np.arange(200) % 10 < 7  # 140 of 200 right
+    other = base.copy()
+    other[np.flatnonzero(~base)[:10]] = True  # 10 fixes against 4 new errors: a weak effect
+    other[np.flatnonzero(base)[:4]] = False
+    one = stats.sign_flip_test(base, other, n_perm=2000, seed=1)
+    five = stats.sign_flip_test(np.tile(base, (5, 1)), np.tile(other, (5, 1)), n_perm=2000, seed=1)
+    assert five["p"] >= one["p"] - 1e-12 and five["diff"] == pytest.approx(one["diff"])
+    assert 0.01 < one["p"] < 0.9
+
+
+def test_sign_flip_matches_the_exact_sign_test_for_one_seed():
+    a = np.array([True] * 100)
+    b = a.copy()
+    b[:6] = False  # 6 discordant pairs, all against b: exact two-sided p = 2 * 0.5**6 = 0.03125
+    p = stats.sign_flip_test(a, b, n_perm=20000, seed=0)["p"]
+    assert p == pytest.approx(0.03125, abs=0.006)
+
+
+def test_mcnemar_refuses_stacked_seeds():
+    with pytest.raises(ValueError, match="one seed"):
+        stats.mcnemar(np.ones((2, 10), bool), np.ones((2, 10), bool))

@@ -57,6 +57,18 @@ def read_yaml_layers(name_or_path: str | os.PathLike) -> dict:
     return merge_dicts(read_yaml_layers(base_ref), data)
 
 
+def preset_dict(presets: dict, name: str | None, what: str) -> dict:
+    """A copy of the named in-code preset (a dict of differences), {} for None; unknown names are a UserError.
+
+    `what` names the kind of preset in the message, e.g. "classifier" or "ddpm training".
+    """
+    if name is None:
+        return {}
+    if name not in presets:
+        raise UserError(f"unknown {what} preset '{name}'; use one of {', '.join(presets)}")
+    return dict(presets[name])
+
+
 def merge_dicts(base: dict, update: dict) -> dict:
     """Recursive merge: mappings merge key by key, anything else is replaced."""
     out = dict(base)

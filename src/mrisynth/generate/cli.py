@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mrisynth.cliutil import add_config_args, config_from_args
+from mrisynth.config import preset_dict
 from mrisynth.errors import UserError
 from mrisynth.generate import backend_module, read_generator_info
 
@@ -32,17 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.set_defaults(func=_sample)
 
 
-def _preset(presets: dict, name: str | None, kind: str) -> dict:
-    if name is None:
-        return {}
-    if name not in presets:
-        raise UserError(f"unknown {kind} preset '{name}'; use one of {', '.join(presets)}")
-    return dict(presets[name])
-
-
 def _train(args: argparse.Namespace) -> int:
     backend = backend_module(args.backend)
-    base = _preset(backend.TRAIN_PRESETS, args.preset, f"{args.backend} training")
+    base = preset_dict(backend.TRAIN_PRESETS, args.preset, f"{args.backend} training")
     if args.model is not None:
         if args.backend != "sd":
             raise UserError("--model applies to --backend sd only")
@@ -56,7 +49,7 @@ def _train(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     info = read_generator_info(args.generator)
     backend = backend_module(info["backend"])
-    base = _preset(backend.SAMPLE_PRESETS, args.preset, f"{info['backend']} sampling")
+    base = preset_dict(backend.SAMPLE_PRESETS, args.preset, f"{info['backend']} sampling")
     if args.n_per_class < 1:
         raise UserError("--n-per-class must be at least 1")
     base["n_per_class"] = args.n_per_class

@@ -85,9 +85,9 @@ def build_figures(run: Path, summary: dict, trials: list[dict]) -> dict[str, byt
 
 
 def _real_data_dir(run: Path) -> Path | None:
-    from mrisynth.study.summary import _data_dir
+    from mrisynth.study.summary import run_data_dir
 
-    return _data_dir(run)
+    return run_data_dir(run)
 
 
 def _sample_grid(run: Path, data_dir: Path | None, *, per_row: int = 6) -> bytes | None:
@@ -113,7 +113,8 @@ def _sample_grid(run: Path, data_dir: Path | None, *, per_row: int = 6) -> bytes
 
 def _csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
-    fields = list(rows[0]) if rows else ["trial"]
+    # Every column any row has, in first-seen order: a trial without predictions lacks the CI columns.
+    fields = list(dict.fromkeys(key for row in rows for key in row)) or ["trial"]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)

@@ -8,9 +8,9 @@ import html
 from mrisynth.report.markdown import (
     AUDIT_HEADER,
     VERDICT_HEADER,
-    _scalars,
     audit_rows,
     best_sentence,
+    scalars,
     verdict_rows,
 )
 
@@ -52,7 +52,7 @@ def build_html(summary: dict, *, title: str, figures: dict[str, bytes]) -> str:
         "<h2>Protocol caveats</h2><ul>" + "".join(f"<li>{html.escape(c)}</li>" for c in summary["caveats"]) + "</ul>",
     ]
     if summary.get("leakage"):
-        items = _scalars(summary["leakage"])
+        items = scalars(summary["leakage"])
         parts.append("<h2>Leakage audit</h2>" + _table(("measure", "value"), [(k, str(v)) for k, v in items.items()]))
     if summary.get("audit"):
         parts.append("<h2>Synthetic-image audit</h2>" + _table(AUDIT_HEADER, audit_rows(summary)))

@@ -54,6 +54,10 @@ def best_sentence(summary: dict) -> str:
         return "No finished ratio condition yet."
     diff = best.get("diff_vs_real_only")
     delta = "" if diff is None else f" ({100 * diff:+.2f} points vs real-only, verdict: {best['verdict']})"
+    if best.get("per_fold"):  # cross-validation: chosen per fold on its validation fold, scored on its test fold
+        chosen = ", ".join(f"fold {f['fold']}: {f['condition']}" for f in best["per_fold"])
+        return (f"Best ratio chosen in each fold on its validation fold ({chosen}); test accuracy of those "
+                f"choices on their own test folds (mean over folds): {fmt_ci(best['test_accuracy'])}%{delta}.")
     return (f"Best ratio on validation: {best['condition']} (validation accuracy {fmt_ci(best['val_accuracy'])}%); "
             f"its test accuracy: {fmt_ci(best['test_accuracy'])}%{delta}.")
 
@@ -72,7 +76,7 @@ def build_markdown(summary: dict, *, title: str, figures: dict[str, str]) -> str
     lines += ["", "## Protocol caveats", ""] + [f"- {c}" for c in summary["caveats"]]
     if summary.get("leakage"):
         lines += ["", "## Leakage audit (data/audit/leakage.json)", ""]
-        lines += [f"- {k}: {v}" for k, v in _scalars(summary["leakage"]).items()]
+        lines += [f"- {k}: {v}" for k, v in scalars(summary["leakage"]).items()]
     if summary.get("audit"):
         lines += ["", "## Synthetic-image audit (quality/quality.json)", "", md_row(AUDIT_HEADER),
                   md_row(tuple("---" for _ in AUDIT_HEADER))]
@@ -89,5 +93,6 @@ def audit_rows(summary: dict) -> list[tuple[str, ...]]:
     return [(m, fmt(s, pct=False), fmt(r, pct=False)) for m, s, r in summary.get("audit") or []]
 
 
-def _scalars(data: dict) -> dict:
+def scalars(data: dict) -> dict:
+    """The top-level numbers, strings and flags of a dict (nested values left out), for a short listing."""
     return {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool))}

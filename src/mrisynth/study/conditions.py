@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mrisynth.data.manifest import ImageRecord
+from mrisynth.data.manifest import ImageRecord, class_counts
 from mrisynth.seeding import derive_seed
 from mrisynth.study.config import StudyConfig
 
@@ -134,7 +134,7 @@ def build_training_set(
     cfg: StudyConfig,
 ) -> TrainingSet:
     """The training set of `condition`, given the real training records and the pool order."""
-    real_counts = _counts(real_train)
+    real_counts = class_counts(real_train)
     real_ids = sorted(r.id for r in real_train)
     synthetic_ids: list[str] = []
     if condition.uses_synthetic:
@@ -153,10 +153,3 @@ def build_training_set(
     if not condition.uses_real:
         real_ids = []
     return TrainingSet(real_ids, synthetic_ids, samples_per_epoch, overrides)
-
-
-def _counts(records: Sequence[ImageRecord]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in records:
-        out[r.class_name] = out.get(r.class_name, 0) + 1
-    return dict(sorted(out.items()))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from mrisynth.config import from_dict, merge_dicts
+from mrisynth.config import from_dict, merge_dicts, preset_dict
 from mrisynth.errors import UserError
 
 CONTROLS = ("synthetic-only", "real-oversampled", "augment-only")
@@ -91,14 +91,6 @@ class StudyConfig:
             raise UserError("alpha must be between 0 and 1, e.g. 0.05")
 
 
-def _preset(presets: dict, name: str | None, what: str) -> dict:
-    if name is None:
-        return {}
-    if name not in presets:
-        raise UserError(f"unknown {what} preset '{name}'; use one of {', '.join(presets)}")
-    return dict(presets[name])
-
-
 def resolve_generator_configs(cfg: StudyConfig, *, n_per_class: int) -> tuple[object, object]:
     """The backend's (TrainConfig, SampleConfig) from preset + differences; the pool size is set here."""
     from mrisynth.generate import backend_module
@@ -107,10 +99,10 @@ def resolve_generator_configs(cfg: StudyConfig, *, n_per_class: int) -> tuple[ob
     g = cfg.generator
     train = from_dict(
         backend.TrainConfig,
-        merge_dicts(_preset(backend.TRAIN_PRESETS, g.train_preset, "generator training"), g.train),
+        merge_dicts(preset_dict(backend.TRAIN_PRESETS, g.train_preset, "generator training"), g.train),
         where="generator.train.",
     )
-    sample_data = merge_dicts(_preset(backend.SAMPLE_PRESETS, g.sample_preset, "generator sampling"), g.sample)
+    sample_data = merge_dicts(preset_dict(backend.SAMPLE_PRESETS, g.sample_preset, "generator sampling"), g.sample)
     sample_data["n_per_class"] = n_per_class
     sample = from_dict(backend.SampleConfig, sample_data, where="generator.sample.")
     return train, sample
@@ -120,10 +112,9 @@ def resolve_classifier_config(cfg: StudyConfig, *, seed: int, extra: dict | None
     """The ClassifierConfig of one trial: preset, then `classifier`, then `extra`, with the trial's seed."""
     from mrisynth.classify import CLASSIFIER_PRESETS, ClassifierConfig
 
-    data = merge_dicts(_preset(CLASSIFIER_PRESETS, cfg.classifier_preset, "classifier"), cfg.classifier)
+    data = merge_dicts(preset_dict(CLASSIFIER_PRESETS, cfg.classifier_preset, "classifier"), cfg.classifier)
     data = merge_dicts(data, extra or {})
-    if "seed" in {f.name for f in dataclasses.fields(ClassifierConfig)}:
-        data["seed"] = seed
+    data["seed"] = seed  # the trial's seed wins over any seed in the preset or the differences
     return from_dict(ClassifierConfig, data, where="classifier.")
 
 

@@ -25,22 +25,18 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from mrisynth.config import save_config, to_dict
 from mrisynth.data.manifest import (
     MANIFEST_NAME,
-    load_classes,
+    class_counts,
     load_manifest,
-    save_classes,
-    save_manifest,
     select,
 )
 from mrisynth.errors import UserError
 from mrisynth.files import ensure_writable_dir, read_json, write_json
-from mrisynth.seeding import derive_seed
 from mrisynth.study import conditions as cond
 from mrisynth.study.config import (
     StudyConfig,
@@ -50,6 +46,7 @@ from mrisynth.study.config import (
     resolve_phantom_config,
     resolve_prepare_config,
 )
+from mrisynth.study.splits import check_generator_fits_split, fold_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -144,48 +141,13 @@ def prepare_data(cfg: StudyConfig, run: Path) -> Path:
     return data_dir
 
 
-def fold_data_dir(cfg: StudyConfig, run: Path, data_dir: Path, fold: int) -> Path:
-    """Without folds: the data folder itself. With fold k of K: a manifest where fold k is test,
-    fold (k+1) mod K is validation (used to choose epochs and the best ratio) and the rest is train."""
-    if fold < 0:
-        return data_dir
-    out = run / "data" / f"fold-{fold}"
-    if (out / MANIFEST_NAME).is_file():
-        return out
-    records = load_manifest(data_dir)
-    folds = _patient_folds(records, cfg.folds)
-    for rec in records:
-        f = folds[rec.id]
-        rec.fold = f
-        rec.split = "test" if f == fold else "val" if f == (fold + 1) % cfg.folds else "train"
-    save_classes(load_classes(data_dir), out)
-    save_manifest(records, out / MANIFEST_NAME)
-    return out
-
-
-def _patient_folds(records: list, k: int) -> dict[str, int]:
-    """Fold of each image: the manifest's own patient-wise folds when it has k of them, else assigned here
-    by shuffling patients (seeded) and dealing them round-robin, so no patient spans two folds."""
-    existing = {r.fold for r in records}
-    if existing == set(range(k)):
-        return {r.id: r.fold for r in records}
-    if any(not r.patient_id for r in records):
-        raise UserError("cross-validation needs patient ids in the manifest (patient_id column) or prepared folds")
-    patients = sorted({r.patient_id for r in records})
-    if len(patients) < k:
-        raise UserError(f"folds={k} but the data hold only {len(patients)} patients; use fewer folds")
-    log.warning("manifest has no %d-fold assignment; dealing %d patients into folds here", k, len(patients))
-    rng = np.random.default_rng(derive_seed("patient-folds", k))
-    fold_of = {p: i % k for i, p in enumerate(patients[j] for j in rng.permutation(len(patients)))}
-    return {r.id: fold_of[r.patient_id] for r in records}
-
-
 def train_generator(cfg: StudyConfig, run: Path, data_dir: Path, fold: int) -> Path:
     """The generator for this fold: a given one, or trained once on the fold's train split."""
     if cfg.generator.existing:
         from mrisynth.generate import read_generator_info
 
-        read_generator_info(cfg.generator.existing)  # fails clearly when it is not a generator folder
+        info = read_generator_info(cfg.generator.existing)  # fails clearly when it is not a generator folder
+        check_generator_fits_split(info, data_dir, where=f"generator.existing ({cfg.generator.existing})")
         return Path(cfg.generator.existing)
     gen_dir = run / "generator" / f"fold-{fold}" if fold >= 0 else run / "generator"
     with _stage_lock(run, f"generator{fold if fold >= 0 else ''}"):
@@ -203,7 +165,7 @@ def generate_pool(cfg: StudyConfig, run: Path, gen_dir: Path, data_dir: Path, fo
     """One synthetic pool per fold, generated once, big enough for the largest condition."""
     pool_dir = run / "synthetic" / f"fold-{fold}" if fold >= 0 else run / "synthetic"
     train = select(load_manifest(data_dir), split="train")
-    n_per_class = cond.pool_size_per_class(cfg, cond._counts(train))
+    n_per_class = cond.pool_size_per_class(cfg, class_counts(train))
     with _stage_lock(run, f"synthetic{fold if fold >= 0 else ''}"):
         if not (pool_dir / STAGE_DONE).is_file():
             from mrisynth.generate import backend_module, read_generator_info
@@ -237,13 +199,14 @@ def run_trial(cfg: StudyConfig, run: Path, trial: cond.Trial, *, data_dir: Path,
         pool = load_manifest(pool_dir) if trial.condition.uses_synthetic else []
         order = cond.pool_order(pool, fold=trial.fold)
         tset = cond.build_training_set(trial.condition, real_train, order, cfg=cfg)
+        chosen = set(tset.synthetic_ids)
         seed = trial.seed  # the same classifier seed in every condition (and fold): paired runs
         clf_cfg = resolve_classifier_config(cfg, seed=seed, extra=tset.classifier_overrides)
         write_json(trial_dir / "trial.json", {
             "condition": trial.condition.name, "kind": trial.condition.kind, "ratio": trial.condition.ratio,
             "seed": trial.seed, "fold": trial.fold, "classifier_seed": seed,
             "train_real": len(tset.real_ids), "train_synthetic": len(tset.synthetic_ids),
-            "synthetic_per_class": cond._counts([r for r in pool if r.id in set(tset.synthetic_ids)]),
+            "synthetic_per_class": class_counts(r for r in pool if r.id in chosen),
             "samples_per_epoch": tset.samples_per_epoch,
         })
         (trial_dir / FAILED).unlink(missing_ok=True)

@@ -75,14 +75,44 @@ def paired_bootstrap(
             "p": p}
 
 
-def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
-    """McNemar's test on paired predictions: exact binomial below EXACT_BELOW discordant pairs, else chi2 (cc).
+def sign_flip_test(correct_a: np.ndarray, correct_b: np.ndarray, *, n_perm: int = 2000, seed: int = 0) -> dict:
+    """Paired permutation test of "b and a are equally accurate" over test images; the test of record.
 
-    Given (S, N) arrays (seeds x images) the discordant counts are summed over seeds (a stratified test:
-    each seed's pairs only ever compare with themselves).
+    Arrays are (N,) for one seed or (S, N) for S seeds on the same N images. The statistic is the mean over
+    images of each image's difference averaged over seeds; under the null, swapping a and b on an image (for
+    every seed at once) is as likely as not, so each image's difference has its sign flipped at random.
+    Seeds only sharpen each image's difference: they are not counted as extra independent observations, so
+    adding seeds that repeat the same predictions leaves p unchanged (summing McNemar's discordant pairs over
+    seeds would not). p = (1 + #{|T*| >= |T|}) / (1 + n_perm), never 0.
+    """
+    a = np.atleast_2d(np.asarray(correct_a, dtype=float))  # (S, N)
+    b = np.atleast_2d(np.asarray(correct_b, dtype=float))
+    if a.shape != b.shape:
+        raise ValueError(f"paired arrays differ in shape: {a.shape} vs {b.shape}")
+    per_image = (b - a).mean(axis=0)  # (N,)
+    observed = float(per_image.mean())
+    if not np.any(per_image):
+        return {"diff": observed, "p": 1.0, "n_perm": 0}
+    rng = np.random.default_rng(seed)
+    extreme = 0
+    for start in range(0, n_perm, 500):  # chunks keep memory small for thousands of images
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(min(500, n_perm - start), len(per_image)))  # (P, N)
+        null = signs @ per_image / len(per_image)  # (P,) mean difference under random swaps
+        extreme += int(np.sum(np.abs(null) >= abs(observed) - 1e-12))
+    return {"diff": observed, "p": (1 + extreme) / (1 + n_perm), "n_perm": n_perm}
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """McNemar's test on one seed's paired predictions (N,): exact binomial below EXACT_BELOW discordant
+    pairs, else chi2 with continuity correction.
+
+    One seed only: the seeds of a study share their test images, so their discordant pairs are not
+    independent and must not be summed (use `sign_flip_test` across seeds).
     """
     a = np.asarray(correct_a, dtype=bool)
     b = np.asarray(correct_b, dtype=bool)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"mcnemar takes two (N,) arrays of one seed; got {a.shape} and {b.shape}")
     only_a = int(np.sum(a & ~b))  # a right, b wrong
     only_b = int(np.sum(~a & b))
     n = only_a + only_b

@@ -1,8 +1,8 @@
 """Collect finished trials into one table and compare every condition with real-only.
 
-The best ratio is chosen on validation accuracy (mean over seeds and folds); the test set is only reported,
-never used to choose. Comparisons pair each trial with the real-only trial of the same seed and fold, on the
-same test images.
+The best ratio is chosen on validation accuracy (mean over seeds; with folds, in each fold separately); the
+test set is only reported, never used to choose. Comparisons pair each trial with the real-only trial of the
+same seed and fold, on the same test images.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def summarize(run: str | os.PathLike, cfg: StudyConfig) -> dict:
         "n_trials_done": len(trials),
         "n_trials_total": len(build_trials(cfg)),
         "conditions": conditions,
-        "best": choose_best(conditions),
+        "best": choose_best(conditions, trials),
         "caveats": caveats(run, cfg),
         "leakage": _read_optional(run / "data" / "audit" / "leakage.json"),
         "audit": audit_headline(run / "quality" / "quality.json"),
@@ -127,19 +127,22 @@ def compare(baseline: list[dict], group: list[dict], *, n_boot: int, seed: int) 
         ids = sorted(set(base[key]) & set(t["test_correct"]))
         per_seed[t["seed"]][0].extend(base[key][i] for i in ids)
         per_seed[t["seed"]][1].extend(t["test_correct"][i] for i in ids)
-    lengths = {len(a) for a, _ in per_seed.values()}
-    size = max(lengths)
-    usable = [v for v in per_seed.values() if len(v[0]) == size]  # seeds missing a fold are left out
-    a = np.array([v[0] for v in usable], dtype=bool)  # (S, N)
-    b = np.array([v[1] for v in usable], dtype=bool)
+    size = max(len(a) for a, _ in per_seed.values())
+    usable = {s: v for s, v in sorted(per_seed.items()) if len(v[0]) == size}  # seeds missing a fold left out
+    a = np.array([v[0] for v in usable.values()], dtype=bool)  # (S, N)
+    b = np.array([v[1] for v in usable.values()], dtype=bool)
     boot = stats.paired_bootstrap(a, b, n_boot=n_boot, seed=seed)
-    mc = stats.mcnemar(a, b)
-    return {"diff": boot["diff"], "lo": boot["lo"], "hi": boot["hi"], "p_bootstrap": boot["p"],
-            "mcnemar": mc, "p": mc["p"], "n_seeds": len(usable), "n_images": size}
+    # Test of record: images are the independent units (every seed tests the same images), so the
+    # per-image sign-flip test on seed-averaged differences; McNemar per seed is kept as a secondary figure.
+    test = stats.sign_flip_test(a, b, n_perm=n_boot, seed=seed)
+    per_seed_mcnemar = [{"seed": s, **stats.mcnemar(a[i], b[i])} for i, s in enumerate(usable)]
+    return {"diff": boot["diff"], "lo": boot["lo"], "hi": boot["hi"], "p": test["p"], "test": "sign-flip",
+            "p_bootstrap": boot["p"], "mcnemar_per_seed": per_seed_mcnemar, "n_seeds": len(usable),
+            "n_images": size}
 
 
 def _apply_holm(conditions: list[dict], *, alpha: float) -> None:
-    """Holm across all conditions compared with real-only (the McNemar p is the test of record)."""
+    """Holm across all conditions compared with real-only (the per-image sign-flip p is the test of record)."""
     compared = [c for c in conditions if c.get("comparison")]
     adjusted = stats.holm([c["comparison"]["p"] for c in compared])
     for c, p in zip(compared, adjusted):
@@ -147,8 +150,15 @@ def _apply_holm(conditions: list[dict], *, alpha: float) -> None:
         c["comparison"]["verdict"] = stats.verdict(c["comparison"]["diff"], p, alpha=alpha)
 
 
-def choose_best(conditions: list[dict]) -> dict | None:
-    """The ratio with the highest mean validation accuracy (ties: the smaller ratio); controls excluded."""
+def choose_best(conditions: list[dict], trials: list[dict] | None = None) -> dict | None:
+    """The ratio with the highest mean validation accuracy (ties: the smaller ratio); controls excluded.
+
+    With cross-validation fold k's validation fold is fold k+1's test fold, so choosing once on validation
+    pooled over folds would choose on test images. There the choice is made per fold (`trials` needed) and
+    scored on that fold's test fold only: a nested estimate (see `_choose_per_fold`).
+    """
+    if trials and any(t["fold"] >= 0 for t in trials):
+        return _choose_per_fold(conditions, trials)
     ladder = [c for c in conditions if c["kind"] == "ratio" and c["n_trials"] and not _isnan(c["val_accuracy"]["mean"])]
     if not ladder:
         return None
@@ -159,13 +169,49 @@ def choose_best(conditions: list[dict]) -> dict | None:
             "diff_vs_real_only": comparison.get("diff")}
 
 
+def _choose_per_fold(conditions: list[dict], trials: list[dict]) -> dict | None:
+    """Per fold: the ratio with the best validation accuracy (mean over seeds) in that fold, and its test
+    accuracy and difference from real-only on that fold's test fold. The headline is the mean over folds;
+    `condition` is the ratio chosen most often (ties: the smaller), for figures."""
+    ratio_of = {c["name"]: c["ratio"] for c in conditions if c["kind"] == "ratio"}
+    scores: dict[tuple[int, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for t in trials:
+        if t["condition"] in ratio_of:
+            for split in ("val", "test"):
+                value = (t["result"].get(split) or {}).get("accuracy")
+                if value is not None and not _isnan(value):
+                    scores[(t["fold"], t["condition"])][split].append(float(value))
+    per_fold = []
+    for fold in sorted({f for f, _ in scores}):
+        here = {name: s for (f, name), s in scores.items() if f == fold and s["val"] and s["test"]}
+        if not here:
+            continue
+        name = max(here, key=lambda n: (round(float(np.mean(here[n]["val"])), 12), -ratio_of[n]))
+        test = float(np.mean(here[name]["test"]))
+        diff = test - float(np.mean(here["r0"]["test"])) if "r0" in here else None
+        per_fold.append({"fold": fold, "condition": name, "val_accuracy": float(np.mean(here[name]["val"])),
+                         "test_accuracy": test, "diff_vs_real_only": diff})
+    if not per_fold:
+        return None
+    chosen = [f["condition"] for f in per_fold]
+    condition = max(set(chosen), key=lambda n: (chosen.count(n), -ratio_of[n]))
+    diffs = [f["diff_vs_real_only"] for f in per_fold if f["diff_vs_real_only"] is not None]
+    same = len(set(chosen)) == 1
+    comparison = next((c.get("comparison") or {} for c in conditions if c["name"] == condition), {})
+    return {"condition": condition, "ratio": ratio_of[condition], "per_fold": per_fold,
+            "val_accuracy": stats.t_interval([f["val_accuracy"] for f in per_fold], bounds=(0.0, 1.0)),
+            "test_accuracy": stats.t_interval([f["test_accuracy"] for f in per_fold], bounds=(0.0, 1.0)),
+            "diff_vs_real_only": float(np.mean(diffs)) if len(diffs) == len(per_fold) else None,
+            "verdict": comparison.get("verdict", "baseline") if same else "the choice differs across folds"}
+
+
 def caveats(run: Path, cfg: StudyConfig) -> list[str]:
     """Protocol limits a reader must know, measured from the run where possible."""
     notes = []
     if len(cfg.seeds) < 2:
         notes.append("One seed per condition: the spread across training runs is not measured, so the "
                      "per-condition intervals are missing and small differences may be noise.")
-    data_dir = _data_dir(run)
+    data_dir = run_data_dir(run)
     if cfg.folds == 0 and data_dir is not None:
         records = load_manifest(data_dir)
         train_p = {r.patient_id for r in records if r.split == "train" and r.patient_id}
@@ -177,9 +223,16 @@ def caveats(run: Path, cfg: StudyConfig) -> list[str]:
     if len(cfg.seeds) > 1:
         notes.append("Seeds vary the classifier's training only: one generator and one synthetic pool serve "
                      "every seed" + (" of a fold." if cfg.folds else "."))
-    notes.append("The best ratio is chosen on validation accuracy; the test set is reported, never used to choose.")
-    notes.append("Verdicts use McNemar's test against real-only (discordant pairs summed over seeds), "
-                 f"Holm-corrected across conditions at alpha={cfg.alpha}.")
+    if cfg.folds:
+        notes.append("The best ratio is chosen in each fold on that fold's validation fold and scored on its test "
+                     "fold (nested): a validation fold is another fold's test fold, so validation is never pooled "
+                     "across folds to choose. Its test accuracy is the mean over folds of each fold's choice.")
+    else:
+        notes.append("The best ratio is chosen on validation accuracy; the test set is reported, never used to "
+                     "choose.")
+    notes.append("Verdicts use a paired sign-flip permutation test against real-only over test images (each "
+                 "image's difference averaged over seeds, since all seeds share the test images), "
+                 f"Holm-corrected across conditions at alpha={cfg.alpha}; McNemar per seed is in summary.json.")
     return notes
 
 
@@ -218,7 +271,8 @@ def audit_headline(path: Path) -> list[list] | None:
     return rows or None
 
 
-def _data_dir(run: Path) -> Path | None:
+def run_data_dir(run: Path) -> Path | None:
+    """The run's real data folder: RUN/data, or the reused manifest folder named in RUN/data.json."""
     if (run / "data" / MANIFEST_NAME).is_file():
         return run / "data"
     if (run / "data.json").is_file():
