@@ -124,6 +124,22 @@ def test_split_tree_masks_and_metadata_csv(tmp_path):
     assert all(Path(r.mask_path).is_file() for r in data.records)
 
 
+def test_masks_folder_without_images_folder_is_neither_masks_nor_a_class(tmp_path):
+    """masks/ belongs beside images/; beside class folders it would be read as masks and as a class "masks"."""
+    rng = np.random.default_rng(3)
+    root = tmp_path / "tree"
+    for name in ("glioma", "meningioma"):
+        _save(root / name / f"{name}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+        _save(root / "masks" / name / f"{name}.png", np.zeros((16, 16), dtype=np.uint8))
+    with pytest.raises(UserError, match="masks/ but no images/"):
+        read_source(root, tmp_path / "out")
+    (root / "images").mkdir()
+    for name in ("glioma", "meningioma"):
+        (root / name).rename(root / "images" / name)
+    data = read_source(root, tmp_path / "out")
+    assert data.classes == ["glioma", "meningioma"] and all(Path(r.mask_path).is_file() for r in data.records)
+
+
 def test_colour_image_corrupt_file_empty_class_and_duplicate_ids_are_refused(tmp_path):
     rng = np.random.default_rng(2)
     root = tmp_path / "tree"

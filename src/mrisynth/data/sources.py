@@ -208,6 +208,11 @@ def read_image_tree(source: str | os.PathLike) -> SourceData:
     """Read `<class>/*` or `<split>/<class>/*` (optionally under `images/`, masks under `masks/`)."""
     source = Path(source)
     image_root = source / "images" if (source / "images").is_dir() else source
+    # masks/ is read only beside images/. Without images/ the top folders are the classes, so masks/ would be
+    # both the mask tree and a class called "masks": refuse rather than guess which was meant.
+    if image_root == source and (source / "masks").is_dir():
+        raise UserError(f"{source} has masks/ but no images/ folder: move the class folders into {source / 'images'} "
+                        "(masks/ stays beside it), or rename masks/ if it is a class")
     mask_root = source / "masks" if (source / "masks").is_dir() else None
     entries = list(_tree_entries(image_root))  # (split, class, path)
     if not entries:
