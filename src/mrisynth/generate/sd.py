@@ -56,7 +56,9 @@ class SampleConfig:
     n_per_class: int = 100
     mode: Literal["text2img", "img2img"] = "text2img"
     steps: int = 1
-    guidance: float = 0.0  # classifier-free guidance scale; <= 1 turns guidance off (one UNet pass per step)
+    # Classifier-free guidance scale; <= 1 turns guidance off (one UNet pass per step, the conditional model alone),
+    # which each image's provenance records as guidance 1.0: the scale that was effectively applied.
+    guidance: float = 0.0
     strength: float = 0.75  # img2img only: how much of the source image's noise schedule is replayed
     scheduler: Literal["euler_ancestral", "euler", "ddim"] = "euler_ancestral"
     timestep_spacing: Literal["trailing", "leading", "linspace"] = "trailing"
