@@ -49,9 +49,12 @@ def tiny_manifest_dir(tmp_path: Path) -> Path:
     return data_dir
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
-    """Tiny models run fastest on one thread; two threads fight over CI's two cores (4-10x slower measured)."""
+    """Tiny models run fastest on one thread; two threads fight over CI's two cores (4-10x slower measured).
+
+    Session scope, so module-scoped fixtures (trained tiny generators) run on one thread too.
+    """
     import torch
 
     before = torch.get_num_threads()
