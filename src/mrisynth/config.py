@@ -41,15 +41,22 @@ def preset_path(name_or_path: str | os.PathLike) -> Path:
     return shipped
 
 
-def read_yaml_layers(name_or_path: str | os.PathLike) -> dict:
-    """Read a YAML config and the chain of `base:` files under it, merged (the file itself wins)."""
-    path = preset_path(name_or_path)
+def read_yaml_mapping(path: str | os.PathLike) -> dict:
+    """A YAML file holding a mapping (empty file -> {}); anything else is a UserError naming the file."""
+    path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix or delete it") from exc
     if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a mapping of keys to values")
+        raise UserError(f"{path} must hold a mapping of keys to values; fix or delete it")
+    return data
+
+
+def read_yaml_layers(name_or_path: str | os.PathLike) -> dict:
+    """Read a YAML config and the chain of `base:` files under it, merged (the file itself wins)."""
+    path = preset_path(name_or_path)
+    data = read_yaml_mapping(path)
     base = data.pop("base", None)
     if base is None:
         return data

@@ -10,9 +10,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-import yaml
-
-from mrisynth.config import to_dict
+from mrisynth.config import read_yaml_mapping, to_dict
 from mrisynth.errors import UserError
 from mrisynth.files import read_jsonl, write_jsonl
 
@@ -26,12 +24,7 @@ def check_resume_settings(saved_yaml_path: str | os.PathLike, cfg: object, *, ma
     path = Path(saved_yaml_path)
     if not path.is_file():
         return
-    try:
-        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); delete it or use a new --out") from exc
-    if not isinstance(old, dict):
-        raise UserError(f"{path} does not hold a config mapping; delete it or use a new --out")
+    old = read_yaml_mapping(path)
     allowed = set(may_change)
     for key, value in to_dict(cfg).items():
         if key not in allowed and key in old and old[key] != value:
