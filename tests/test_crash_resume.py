@@ -1,4 +1,4 @@
-"""Crash and resume: SIGKILL at a random point of a long step, then the same command again, gives the same
+"""Crash and resume: SIGKILL at a random point inside a step, then the same command again, gives the same
 final result as an uninterrupted run (bit-for-bit on the CPU). Plus the failures a user can fix: a corrupted
 checkpoint, a full disk, a read-only folder, each a one-line error with nothing silently reused."""
 
@@ -27,23 +27,43 @@ def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mrisynth", "-q", *args]
 
 
-def _kill_at_random_point(cmd: list[str], started: Path, *, max_delay: float) -> float:
-    """Start `cmd`, wait until `started` exists (the step is under way), SIGKILL it after a random delay.
+def _lines(path: Path) -> int:
+    """Complete lines in a progress file (0 while it does not exist; a torn last line does not count)."""
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
 
-    Returns the delay; fails if the process finished before it could be killed (the test would prove nothing).
+
+def _kill_mid_step(cmd: list[str], progress: Path, *, total: int, lines_per_step: int = 1, name: str) -> str:
+    """Start `cmd` and SIGKILL it at a random point inside a step, with steps still to do; describe the kill.
+
+    `progress` gains `lines_per_step` lines per finished step (of `total`). The kill comes after step k
+    (k random in [2, total - 3]) plus a random fraction of step k's measured duration: a random point of the
+    following step, scaled to however fast this machine runs now, with two more steps as a margin. The draws
+    are seeded (MRISYNTH_CRASH_SEED, default 0, varies them) so a failure can be replayed.
     """
+    rng = random.Random(f"{os.environ.get('MRISYNTH_CRASH_SEED', '0')}:{name}")
+    k, fraction = rng.randint(2, total - 3), rng.random()
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not started.exists():
-        assert proc.poll() is None, f"{cmd} ended before {started} appeared"
-        assert time.monotonic() < deadline, f"{started} never appeared"
-        time.sleep(0.02)
-    delay = random.uniform(0.0, max_delay)
-    time.sleep(delay)
-    assert proc.poll() is None, f"the step finished within {delay:.2f} s: nothing was interrupted"
+    first_seen: dict[int, float] = {}  # steps done -> when the poll first saw that count
+    while True:
+        assert proc.poll() is None, f"{cmd} ended before step {k} was timed"
+        assert time.monotonic() < deadline, f"{progress} never reached step {k}"
+        done = _lines(progress) // lines_per_step
+        first_seen.setdefault(done, time.monotonic())
+        # Time a step only from a count the poll saw arrive (not the one present at start, not one it skipped).
+        if done >= k and done - 1 >= 1 and done - 1 in first_seen:
+            step_seconds = first_seen[done] - first_seen[done - 1]
+            break
+        time.sleep(0.005)
+    time.sleep(fraction * step_seconds)
+    what = f"kill after step {done} of {total} + {fraction:.2f} x {step_seconds:.3f} s"
+    assert proc.poll() is None, f"the run finished before the {what}: nothing was interrupted"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return delay
+    return what
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -56,7 +76,10 @@ def _run(cmd: list[str]) -> None:
 
 
 def _files(folder: Path, pattern: str) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.glob(pattern))}
+    """Contents by relative path; hidden names are left out: a write killed mid-way leaves its temporary
+    `.<name>.tmp*` file behind (the atomic rename never happened), which no later step reads."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.glob(pattern))
+            if not p.name.startswith(".")}
 
 
 @pytest.mark.slow
@@ -65,8 +88,10 @@ def test_generator_training_killed_then_rerun_gives_identical_weights(tiny_manif
             "--set", "steps=40", "--set", "checkpoint_every=1", "--set", "grid_every=0"]
     _run(_command(*args, "--out", str(tmp_path / "straight")))
     crashed = tmp_path / "crashed"
-    delay = _kill_at_random_point(_command(*args, "--out", str(crashed)), crashed / "checkpoint", max_delay=1.0)
-    assert not (crashed / "generator.json").exists(), f"killed after {delay:.2f} s but the run had finished"
+    # tiny preset: one metrics.jsonl line per step (log_every=1), a checkpoint every step here
+    what = _kill_mid_step(_command(*args, "--out", str(crashed)), crashed / "metrics.jsonl", total=40,
+                          name="generator")
+    assert not (crashed / "generator.json").exists(), f"{what}, but the run had finished"
     _run(_command(*args, "--out", str(crashed)))
     assert _files(crashed, "unet/*") == _files(tmp_path / "straight", "unet/*")
     assert json.loads((crashed / "generator.json").read_text())["sha256"] == \
@@ -81,8 +106,10 @@ def test_generation_killed_then_rerun_gives_identical_images(tiny_manifest_dir, 
     sample = ["generator", "sample", "--generator", str(gen), "--n-per-class", "12", "--set", "batch_size=2"]
     _run(_command(*sample, "--out", str(tmp_path / "straight")))
     crashed = tmp_path / "crashed"
-    _kill_at_random_point(_command(*sample, "--out", str(crashed)), crashed / ".provenance.jsonl", max_delay=0.5)
-    assert not (crashed / "manifest.csv").exists()
+    # one provenance line per image, a batch of 2 per step: 18 steps
+    what = _kill_mid_step(_command(*sample, "--out", str(crashed)), crashed / ".provenance.jsonl", total=18,
+                          lines_per_step=2, name="generation")
+    assert not (crashed / "manifest.csv").exists(), what
     _run(_command(*sample, "--out", str(crashed)))
     assert _files(crashed, "*/*.png") == _files(tmp_path / "straight", "*/*.png")
     assert (crashed / "manifest.csv").read_text().count("\n") == 37  # header + 3 classes x 12
@@ -94,8 +121,10 @@ def test_classifier_trial_killed_then_rerun_gives_identical_result(tiny_manifest
             "--set", "early_stopping_patience=null"]
     _run(_command(*args, "--out", str(tmp_path / "straight")))
     crashed = tmp_path / "crashed"
-    _kill_at_random_point(_command(*args, "--out", str(crashed)), crashed / "last.pt", max_delay=0.3)
-    assert not (crashed / "result.json").exists()
+    # one metrics.jsonl line per epoch
+    what = _kill_mid_step(_command(*args, "--out", str(crashed)), crashed / "metrics.jsonl", total=8,
+                          name="classifier")
+    assert not (crashed / "result.json").exists(), what
     _run(_command(*args, "--out", str(crashed)))
 
     def outcome(folder: Path) -> dict:
