@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -32,7 +31,7 @@ from mrisynth.classify.config import AugmentConfig, ClassifierConfig
 from mrisynth.classify.data import DeviceSet, PreparedData, TrainData, epoch_order, load_train_data
 from mrisynth.classify.metrics import classification_metrics
 from mrisynth.classify.models import build_classifier
-from mrisynth.config import save_config, to_dict
+from mrisynth.config import read_yaml_mapping, save_config, to_dict
 from mrisynth.devices import resolve_device
 from mrisynth.distributed import SINGLE_PROCESS, DistContext, init_distributed, main_process_first
 from mrisynth.errors import UserError
@@ -438,5 +437,5 @@ def _check_same_config(run: RunConfig, out_dir: Path) -> None:
     if not path.is_file():
         raise UserError(f"{out_dir} holds a run without {CONFIG_NAME}, so its settings are unknown; "
                         "use a new --out folder or delete it")
-    if yaml.safe_load(path.read_text(encoding="utf-8")) != to_dict(run):
+    if read_yaml_mapping(path) != to_dict(run):
         raise UserError(f"{out_dir} holds a run with other settings; use a new --out folder or delete it")
