@@ -82,3 +82,11 @@ def test_drop_records_after_keeps_earlier_steps_and_skips_a_torn_line(tmp_path):
     assert metrics.read_text().endswith("\n")
     drop_records_after(tmp_path / "absent.jsonl", 2)  # nothing logged yet: nothing to do
     assert not (tmp_path / "absent.jsonl").exists()
+
+
+def test_temporary_files_of_a_killed_sampler_are_removed_on_resume(tmp_path):
+    _add(SyntheticWriter(tmp_path, ["a", "b"], generator_sha256="abc"), 0)
+    stale = tmp_path / "b" / ".syn-b-000001.x1y2.tmp.png"
+    stale.write_bytes(b"half a png")
+    SyntheticWriter(tmp_path, ["a", "b"], generator_sha256="abc")
+    assert not stale.exists() and (tmp_path / "b" / "syn-b-000000.png").exists()

@@ -39,6 +39,9 @@ class SyntheticWriter:
         self.generator_sha256 = generator_sha256
         self._sidecar = self.out_dir / _SIDECAR
         self._records: dict[str, ImageRecord] = {}
+        # A sampler killed while saving leaves a temporary file (see files.atomic_path): remove it.
+        for stale in self.out_dir.glob("*/.*.tmp*"):
+            stale.unlink()
         for row in read_jsonl(self._sidecar):  # a line torn by a crash is skipped; its image is made again
             try:
                 rec = ImageRecord(**row)
