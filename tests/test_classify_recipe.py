@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mrisynth.classify import CLASSIFIER_PRESETS, ClassifierConfig, TrainData, fit
-from mrisynth.classify.train import EarlyStopping, build_scheduler
+from mrisynth.classify.optim import EarlyStopping, build_scheduler
 from mrisynth.config import load_config, merge_dicts
 
 
