@@ -90,3 +90,11 @@ def test_temporary_files_of_a_killed_sampler_are_removed_on_resume(tmp_path):
     stale.write_bytes(b"half a png")
     SyntheticWriter(tmp_path, ["a", "b"], generator_sha256="abc")
     assert not stale.exists() and (tmp_path / "b" / "syn-b-000000.png").exists()
+
+
+def test_asking_for_fewer_images_gives_a_manifest_of_that_size(tmp_path):
+    writer = SyntheticWriter(tmp_path, ["a", "b"], generator_sha256="abc")
+    for i in range(3):
+        _add(writer, i)
+    writer.finish(keep={synthetic_id("b", 0)})
+    assert [r.id for r in load_manifest(tmp_path)] == ["syn-b-000000"]

@@ -86,8 +86,8 @@ def run_sample(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | 
     writer = SyntheticWriter(out, classes, generator_sha256=sha256_dir(Path(gen_dir) / "unet"))
     save_config(cfg, out / "config.yaml")
     done = writer.existing_ids()
-    todo = [(c, i) for c in (cfg.classes or classes) for i in range(cfg.n_per_class)
-            if synthetic_id(c, i) not in done]
+    wanted = [(c, i) for c in (cfg.classes or classes) for i in range(cfg.n_per_class)]
+    todo = [(c, i) for c, i in wanted if synthetic_id(c, i) not in done]
     log.info("sampling %d images (%d already written) with %s, %d steps, guidance %.2g",
              len(todo), len(done), cfg.sampler, cfg.steps, cfg.guidance)
     with tqdm(total=len(todo), desc="ddpm sample", unit="img") as bar:
@@ -100,5 +100,5 @@ def run_sample(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | 
                 writer.add(image, image_id=synthetic_id(class_name, index), class_name=class_name, seed=seed,
                            steps=cfg.steps, guidance=cfg.guidance)
             bar.update(len(batch))
-    writer.finish()
+    writer.finish(keep={synthetic_id(c, i) for c, i in wanted})
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +90,14 @@ class SyntheticWriter:
         self._records[image_id] = rec
         return rec
 
-    def finish(self) -> Path:
-        """Write manifest.csv and classes.json (sorted by class then id); returns the manifest path."""
-        records = sorted(self._records.values(), key=lambda r: (r.label, r.id))
+    def finish(self, *, keep: Collection[str] | None = None) -> Path:
+        """Write manifest.csv and classes.json (sorted by class then id); returns the manifest path.
+
+        `keep`: the ids this request asked for. Images written earlier for a larger request stay on disk but
+        leave the manifest, so asking for fewer images per class gives a set of exactly that size.
+        """
+        chosen = self._records.values() if keep is None else [r for r in self._records.values() if r.id in set(keep)]
+        records = sorted(chosen, key=lambda r: (r.label, r.id))
         for rec in records:
             rec.sha256 = rec.sha256 or sha256_file(rec.path)
         save_classes(self.classes, self.out_dir)

@@ -157,7 +157,7 @@ def sample_sd(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | o
     jobs = _plan(classes, cfg, writer.existing_ids())
     if jobs:
         _generate(jobs, gen_dir, info, cfg, writer, device=device, dtype=dtype)
-    return writer.finish().parent
+    return writer.finish(keep={synthetic_id(c, i) for c in classes for i in range(cfg.n_per_class)}).parent
 
 
 def _check(cfg: SampleConfig) -> None:
