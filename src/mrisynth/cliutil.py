@@ -23,7 +23,8 @@ def add_config_args(parser: argparse.ArgumentParser, *, preset_help: str | None 
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one setting, e.g. --set epochs=3 (repeatable; dotted keys reach nested settings)",
+        help="override one setting, --set key=value (repeatable; dotted keys reach nested settings; "
+        "an unknown key lists the valid ones)",
     )
 
 

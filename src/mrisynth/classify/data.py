@@ -71,6 +71,12 @@ def load_train_data(data: TrainData, *, image_size: int, device: torch.device | 
                 "generate it from a generator trained on this data folder"
             )
         synthetic = load_cache(syn_dir, image_size)
+        real_rows = [r.id for r in synthetic.records if r.source != "synthetic"]
+        if real_rows:  # e.g. a prepared real data folder: its val/test images would leak into training
+            raise UserError(
+                f"{syn_dir} is not a synthetic set ({len(real_rows)} rows have source other than 'synthetic', "
+                f"e.g. {real_rows[0]}); pass a folder written by `mrisynth generator sample`"
+            )
         syn_rows = _pick(synthetic, synthetic.indices(None), data.synthetic_ids, what=f"synthetic set {syn_dir}")
         parts.append((synthetic, syn_rows))
         n_synthetic = len(syn_rows)

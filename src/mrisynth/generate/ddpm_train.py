@@ -214,6 +214,9 @@ def save_generator(state: TrainState, noise_scheduler: DDPMScheduler, cfg: Train
 
 def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Train (or resume training) a DDPM on the train split of `data_dir`; returns the generator folder."""
+    for key in ("steps", "batch_size", "log_every", "checkpoint_every"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     out = ensure_writable_dir(out_dir)
     data_dir = str(Path(data_dir).resolve())
     check_resume_settings(out / "config.yaml", cfg, may_change=_MAY_CHANGE)
