@@ -253,7 +253,10 @@ def load_run_config(run: str | os.PathLike) -> StudyConfig:
     path = Path(run) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run} is not a study run directory (no config.yaml); start one with `mrisynth study run`")
-    return load_config(StudyConfig, path)
+    try:
+        return load_config(StudyConfig, path)
+    except UserError as exc:  # e.g. a data or classifier folder, whose config.yaml is another step's
+        raise UserError(f"{run} is not a study run directory ({path} is not a study config: {exc})") from exc
 
 
 def trial_status(run: str | os.PathLike) -> dict[str, str]:
