@@ -50,3 +50,23 @@ def test_results_csv_has_every_column_any_trial_has():
     text = _csv([{"trial": "a", "seed": 0}, {"trial": "b", "seed": 1, "test_accuracy_lo": 0.5}])
     assert text.splitlines()[0] == "trial,seed,test_accuracy_lo"
     assert text.splitlines()[2] == "b,1,0.5"
+
+
+def test_audit_warnings_flag_a_far_or_copying_synthetic_set(tmp_path):
+    import json
+
+    from mrisynth.study.summary import audit_warnings
+
+    path = tmp_path / "quality.json"
+    path.write_text(json.dumps({
+        "feature_spaces": {"stats": {"overall": {"precision": 0.0}, "real_vs_real": {"overall": {"precision": 0.94}}}},
+        "memorisation": {"patients_reproduced": ["P1"]},
+    }))
+    notes = audit_warnings(path)
+    assert len(notes) == 2 and "far from the real ones" in notes[0] and "1 training patient" in notes[1]
+    path.write_text(json.dumps({
+        "feature_spaces": {"stats": {"overall": {"precision": 0.9}, "real_vs_real": {"overall": {"precision": 0.94}}}},
+        "memorisation": {"patients_reproduced": []},
+    }))
+    assert audit_warnings(path) == []
+    assert audit_warnings(tmp_path / "missing.json") == []

@@ -230,6 +230,7 @@ def caveats(run: Path, cfg: StudyConfig) -> list[str]:
     else:
         notes.append("The best ratio is chosen on validation accuracy; the test set is reported, never used to "
                      "choose.")
+    notes.extend(audit_warnings(run / "quality" / "quality.json"))
     notes.append("Verdicts use a paired sign-flip permutation test against real-only over test images (each "
                  "image's difference averaged over seeds, since all seeds share the test images), "
                  f"Holm-corrected across conditions at alpha={cfg.alpha}; McNemar per seed is in summary.json.")
@@ -269,6 +270,26 @@ def audit_headline(path: Path) -> list[list] | None:
     if patients is not None:
         rows.append(["training patients reproduced by some synthetic image", len(patients), None])
     return rows or None
+
+
+def audit_warnings(path: Path) -> list[str]:
+    """Plain-language warnings when the audit finds the synthetic set far from the real one, or copying it."""
+    data = _read_optional(path)
+    if not isinstance(data, dict):
+        return []
+    notes = []
+    for space, block in (data.get("feature_spaces") or {}).items():
+        syn = block.get("overall") or {}
+        real = (block.get("real_vs_real") or {}).get("overall") or {}
+        if real.get("precision", 0) > 0.5 and syn.get("precision", 1) < 0.1 * real["precision"]:
+            notes.append(f"The synthetic images are far from the real ones in the {space} feature space "
+                         f"(precision {syn['precision']:.2f} vs {real['precision']:.2f} for real against real): "
+                         "few look like real training images, so read any effect of adding them with that in mind.")
+    patients = (data.get("memorisation") or {}).get("patients_reproduced") or []
+    if patients:
+        notes.append(f"{len(patients)} training patient(s) have a slice that some synthetic image nearly copies "
+                     "(see the audit's worst pairs): a privacy risk if the synthetic set is shared.")
+    return notes
 
 
 def run_data_dir(run: Path) -> Path | None:
