@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     subs = gen.add_subparsers(dest="generator_command", metavar="ACTION", required=True)
 
     train = subs.add_parser("train", help="train a generator on the train split of a prepared data folder")
-    train.add_argument("--backend", choices=("sd", "ddpm"), default="ddpm")
+    train.add_argument("--backend", choices=("sd", "ddpm"), default="ddpm",
+                       help="ddpm: trained from scratch, no weights needed (default); sd: fine-tune an SD-family model")
     train.add_argument("--data", required=True, help="prepared data folder (from `mrisynth data prepare`)")
     train.add_argument("--out", required=True, help="folder for the trained generator")
     train.add_argument("--preset", default=None, help="named settings: sd: full|lora|tiny; ddpm: tiny|demo|full")
@@ -25,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     sample = subs.add_parser("sample", help="generate a labelled synthetic set with provenance")
     sample.add_argument("--generator", required=True, help="a folder written by `mrisynth generator train`")
-    sample.add_argument("--n-per-class", type=int, required=True)
+    sample.add_argument("--n-per-class", type=int, required=True,
+                        help="images per class (a rerun with more adds images; with fewer, the manifest lists that many)")
     sample.add_argument("--out", required=True, help="folder for PNGs + manifest.csv")
     sample.add_argument("--preset", default=None, help="named settings: sd: turbo|seed; ddpm: fast|quality")
     sample.add_argument("--mode", choices=("text2img", "img2img"), default=None, help="sd only")

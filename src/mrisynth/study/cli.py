@@ -25,11 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(func=_run)
 
     report = subs.add_parser("report", help="write RUN/report/ from whatever trials are done")
-    report.add_argument("run_dir", metavar="RUN")
+    report.add_argument("run_dir", metavar="RUN", help="a run directory written by `mrisynth study run`")
     report.set_defaults(func=_report)
 
     status = subs.add_parser("status", help="show done / running / failed / pending trials")
-    status.add_argument("run_dir", metavar="RUN")
+    status.add_argument("run_dir", metavar="RUN", help="a run directory written by `mrisynth study run`")
     status.set_defaults(func=_status)
 
     demo = subparsers.add_parser("demo", help="the whole study on the built-in phantom (no downloads, CPU minutes)")
