@@ -7,8 +7,10 @@ leaves a half-written file that a later step would trust.
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -155,6 +157,17 @@ def write_jsonl(path: str | os.PathLike, records: list[dict]) -> Path:
     """Rewrite a JSONL file atomically (e.g. to drop records past a resumed checkpoint)."""
     lines = "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in records)
     return write_text(path, lines)
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict], *, columns: list[str] | None = None) -> Path:
+    """Rows of dicts as CSV, atomically. Columns as given (other keys dropped), else every key any row has,
+    in first-seen order (so a column missing from the first row is not lost)."""
+    fields = columns if columns is not None else list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buffer.getvalue())
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:

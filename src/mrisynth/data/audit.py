@@ -12,8 +12,6 @@ Writes under `out_dir` (default `DATA/audit`): `leakage.json` (the numbers), `ne
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 from collections import defaultdict
@@ -25,7 +23,7 @@ from mrisynth.data.cache import load_cache
 from mrisynth.data.manifest import SPLITS, ImageRecord
 from mrisynth.data.splits import patient_key
 from mrisynth.errors import UserError
-from mrisynth.files import atomic_path, ensure_writable_dir, write_json, write_text
+from mrisynth.files import atomic_path, ensure_writable_dir, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -170,20 +168,12 @@ def _split_index(records: list[ImageRecord]) -> dict[str, np.ndarray]:
 
 def _save_patients_csv(rows: list[dict], path: Path) -> None:
     columns = ["patient_id", "splits", *(f"n_{s}" for s in SPLITS)]
-    _write_csv(rows, columns, path)
+    write_csv(path, rows, columns=columns)
 
 
 def _save_pairs_csv(pairs: list[dict], path: Path) -> None:
     columns = ["id_a", "split_a", "id_b", "split_b", "correlation", "same_patient", "class_a", "class_b"]
-    _write_csv(pairs, columns, path)
-
-
-def _write_csv(rows: list[dict], columns: list[str], path: Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
+    write_csv(path, pairs, columns=columns)
 
 
 def save_pair_grid(pairs: list[dict], path: Path) -> None:

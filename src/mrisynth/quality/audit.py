@@ -36,10 +36,8 @@ real_vs_real.synthetic_vs_half against real_vs_real (same reference, same n), no
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import io
 import logging
 import os
 from pathlib import Path
@@ -50,7 +48,7 @@ from tqdm.auto import tqdm
 from mrisynth.config import save_config
 from mrisynth.data.cache import ImageCache, load_cache
 from mrisynth.errors import UserError
-from mrisynth.files import atomic_path, ensure_writable_dir, write_json, write_text
+from mrisynth.files import atomic_path, ensure_writable_dir, write_csv, write_json
 from mrisynth.quality.distances import DistanceConfig, compare_sets
 from mrisynth.quality.diversity import mean_pairwise_msssim
 from mrisynth.quality.features import FeatureSpace, build_feature_spaces
@@ -142,12 +140,12 @@ def run_audit(
     result["memorisation"] = memo
     result["warnings"] = warnings
 
-    _write_csv(out / "per_class_metrics.csv", metric_rows)
-    _write_csv(out / "diversity.csv", [
+    write_csv(out / "per_class_metrics.csv", metric_rows)
+    write_csv(out / "diversity.csv", [
         {"class": c, "set": s, **{k: v for k, v in d.items() if k != "msssim_ci"},
          "msssim_lo": (d["msssim_ci"] or [None])[0], "msssim_hi": (d["msssim_ci"] or [None, None])[1]}
         for c, sets in result["diversity"]["per_class"].items() for s, d in sets.items()])
-    _write_csv(out / "nearest_neighbours.csv", nn_rows)
+    write_csv(out / "nearest_neighbours.csv", nn_rows)
     save_pairs_grid(worst, syn_images, train_all_images, out / "worst_pairs.png",
                     synthetic_ids=[r.id for r in syn_records], train_ids=[r.id for r in train_records])
     write_json(out / "quality.json", result)
@@ -324,15 +322,3 @@ def _flat(value: object) -> object:
 def _ci(metrics: dict, key: str, side: int) -> float | None:
     ci = metrics.get(key)
     return round(ci[side], 6) if ci else None
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    """Rows as CSV (columns: union of keys in first-seen order), written atomically."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())

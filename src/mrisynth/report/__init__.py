@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mrisynth.data.manifest import load_classes, load_manifest, select
-from mrisynth.files import atomic_path, write_json, write_text
+from mrisynth.files import atomic_path, write_csv, write_json, write_text
 from mrisynth.report import plots
 from mrisynth.report.html import build_html
 from mrisynth.report.markdown import build_markdown
@@ -44,7 +42,7 @@ def run_report(run_dir: str | os.PathLike) -> Path:
             (tmp / name).write_bytes(png)
             names[caption] = name
         write_json(tmp / "summary.json", summary)
-        write_text(tmp / "results.csv", _csv(rows))
+        write_csv(tmp / "results.csv", rows, columns=None if rows else ["trial"])
         write_text(tmp / "report.md", build_markdown(summary, title=TITLE, figures=names))
         write_text(tmp / "index.html", build_html(summary, title=TITLE, figures=figures))
     log.info("report written to %s", out / "index.html")
@@ -109,13 +107,3 @@ def _sample_grid(run: Path, data_dir: Path | None, *, per_row: int = 6) -> bytes
         return out
 
     return plots.plot_sample_grid(pick(real), pick(syn), per_row=per_row)
-
-
-def _csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    # Every column any row has, in first-seen order: a trial without predictions lacks the CI columns.
-    fields = list(dict.fromkeys(key for row in rows for key in row)) or ["trial"]
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
