@@ -19,6 +19,7 @@ import pytest
 
 from mrisynth.cli import main
 from mrisynth.data.images import save_grayscale_png
+from test_data_cli import error_lines
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -64,11 +65,6 @@ def _kill_mid_step(cmd: list[str], progress: Path, *, total: int, lines_per_step
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return what
-
-
-def _error_lines(stderr: str) -> list[str]:
-    """What the CLI reported as errors (progress bars share stderr and redraw with carriage returns)."""
-    return [line for line in stderr.replace("\r", "\n").splitlines() if line.startswith("mrisynth:")]
 
 
 def _run(cmd: list[str]) -> None:
@@ -141,7 +137,7 @@ def test_corrupted_checkpoint_is_a_clear_error_not_silently_reused(tiny_manifest
     out.mkdir()
     (out / "last.pt").write_bytes(b"PK\x03\x04 truncated")
     code = main(["classifier", "train", "--data", str(tiny_manifest_dir), "--preset", "tiny", "--out", str(out)])
-    err = _error_lines(capsys.readouterr().err)
+    err = error_lines(capsys.readouterr().err)
     assert code == 2 and len(err) == 1 and "corrupted" in err[0] and "last.pt" in err[0]
     assert not (out / "result.json").exists()
 
@@ -163,6 +159,6 @@ def test_disk_full_or_read_only_output_is_a_one_line_error(tmp_path, monkeypatch
     monkeypatch.setattr(os, "replace", failing_replace)
     out = tmp_path / "out"
     rc = main(["data", "prepare", str(source), "--out", str(out), "--split", "seed"])
-    err = _error_lines(capsys.readouterr().err)
+    err = error_lines(capsys.readouterr().err)
     assert rc == 2 and len(err) == 1 and words in err[0]
     assert not (out / "manifest.csv").exists()
