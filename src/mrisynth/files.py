@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mrisynth.errors import UserError
 
 
@@ -179,6 +181,13 @@ def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_array(arr: np.ndarray) -> str:
+    """Hex SHA-256 of an array's shape and bytes (row order included), e.g. to key a cache on pixel content."""
+    h = hashlib.sha256(repr(arr.shape).encode())
+    h.update(np.ascontiguousarray(arr).data)
+    return h.hexdigest()
+
+
 def sha256_dir(path: str | os.PathLike, *, pattern: str = "*") -> str:
     """One SHA-256 over the names and bytes of the files under `path` (sorted), e.g. a saved model."""
     h = hashlib.sha256()
@@ -190,8 +199,6 @@ def sha256_dir(path: str | os.PathLike, *, pattern: str = "*") -> str:
 
 
 def _json_default(obj: Any) -> Any:
-    import numpy as np
-
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):

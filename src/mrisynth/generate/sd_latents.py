@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mrisynth.files import atomic_path
+from mrisynth.files import atomic_path, sha256_array
 
 if TYPE_CHECKING:  # annotations only: importing diffusers/transformers costs seconds
     from diffusers import AutoencoderKL
@@ -142,6 +142,6 @@ def _cache_key(model_dir: Path, images: np.ndarray, ids: Sequence[str], prompts:
     stamp = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in weights if p.is_file()]
     # The images themselves are hashed (3,064 x 256 x 256 uint8 = 200 MB: well under a second), so pixels that
     # changed under the same ids (a re-prepared data folder) rebuild the cache.
-    pixels = hashlib.sha256(np.ascontiguousarray(images, dtype=np.uint8).data).hexdigest()
+    pixels = sha256_array(images)
     blob = json.dumps([str(model_dir), stamp, list(images.shape), pixels, list(ids), list(prompts), flip])
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -37,7 +37,6 @@ real_vs_real.synthetic_vs_half against real_vs_real (same reference, same n), no
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -48,7 +47,7 @@ from tqdm.auto import tqdm
 from mrisynth.config import save_config
 from mrisynth.data.cache import ImageCache, load_cache
 from mrisynth.errors import UserError
-from mrisynth.files import atomic_path, ensure_writable_dir, write_csv, write_json
+from mrisynth.files import atomic_path, ensure_writable_dir, sha256_array, write_csv, write_json
 from mrisynth.quality.distances import DistanceConfig, compare_sets
 from mrisynth.quality.diversity import mean_pairwise_msssim
 from mrisynth.quality.features import FeatureSpace, build_feature_spaces
@@ -239,7 +238,7 @@ def _embed_all(
     # Keyed on the pixels, not the ids: synthetic ids (syn-<class>-NNNNNN) repeat from one synthetic set to
     # the next, so a second set audited into the same OUT would otherwise get the first set's features.
     key = repr((space.name, space.source, cfg.image_size,
-                {name: _digest(images) for name, images in
+                {name: sha256_array(images) for name, images in
                  (("train", train), ("synthetic", synthetic), ("heldout", heldout))}))
     if path.is_file():
         with np.load(path, allow_pickle=False) as cached:
@@ -252,13 +251,6 @@ def _embed_all(
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, key=np.array(key), **feats)
     return _standardise(space, feats)
-
-
-def _digest(images: np.ndarray) -> str:
-    """sha256 of an image stack's shape and bytes (row order included: features are stored row by row)."""
-    h = hashlib.sha256(repr(images.shape).encode())
-    h.update(np.ascontiguousarray(images).data)
-    return h.hexdigest()
 
 
 def _standardise(space: FeatureSpace, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
