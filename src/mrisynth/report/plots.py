@@ -6,7 +6,6 @@ Every function takes plain data (the summary dict, trial folders, manifests) and
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np  # noqa: E402
 
 from mrisynth.data.images import fit_square, read_grayscale  # noqa: E402
 from mrisynth.data.manifest import ImageRecord  # noqa: E402
+from mrisynth.files import read_jsonl  # noqa: E402
 
 
 def _png(fig: plt.Figure) -> bytes:
@@ -97,13 +97,7 @@ def plot_confusions(matrices: dict[str, np.ndarray], classes: Sequence[str]) -> 
 def read_curves(metrics_jsonl: Path) -> dict[str, list[tuple[float, float]]]:
     """{metric: [(epoch, value)]} for the loss/accuracy series a classifier logged per epoch."""
     curves: dict[str, list[tuple[float, float]]] = {}
-    if not metrics_jsonl.is_file():
-        return curves
-    for i, line in enumerate(metrics_jsonl.read_text(encoding="utf-8").splitlines()):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break
+    for i, record in enumerate(read_jsonl(metrics_jsonl)):  # a missing file is no records
         epoch = record.get("epoch", i)
         for key, value in _flatten(record).items():
             if _is_curve(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
