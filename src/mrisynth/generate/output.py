@@ -96,7 +96,8 @@ class SyntheticWriter:
         `keep`: the ids this request asked for. Images written earlier for a larger request stay on disk but
         leave the manifest, so asking for fewer images per class gives a set of exactly that size.
         """
-        chosen = self._records.values() if keep is None else [r for r in self._records.values() if r.id in set(keep)]
+        wanted = None if keep is None else set(keep)
+        chosen = [r for r in self._records.values() if wanted is None or r.id in wanted]
         records = sorted(chosen, key=lambda r: (r.label, r.id))
         for rec in records:
             rec.sha256 = rec.sha256 or sha256_file(rec.path)
