@@ -80,7 +80,8 @@ def train_one_epoch(
     model.train()
     device = train.images.device
     parts = dist.world_size * accum
-    totals = torch.zeros(3, device=device)  # loss sum, correct, seen (this process's share)
+    totals = torch.zeros(2, device=device)  # loss sum, correct (this process's share)
+    seen = 0
     start = time.perf_counter()
     for first in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, unit="batch", disable=not dist.is_main):
         idx = order[first:first + batch_size]
@@ -103,12 +104,12 @@ def train_one_epoch(
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
                 (loss / accum).backward()
             # accumulate on the device: no host sync per step
-            totals += torch.stack([loss.detach() * len(rows), (logits.argmax(1) == y).sum().float(),
-                                   torch.tensor(float(len(rows)), device=device)])
+            totals += torch.stack([loss.detach() * len(rows), (logits.argmax(1) == y).sum().float()])
+            seen += len(rows)
         optimizer.step()
         if step_scheduler is not None:
             step_scheduler.step()
-    loss_sum, correct, seen = dist.all_sum(totals).tolist()
+    loss_sum, correct, seen = dist.all_sum(torch.cat([totals, totals.new_tensor([seen])])).tolist()
     seconds = time.perf_counter() - start
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "images": int(seen),
             "train_seconds": seconds}
