@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mrisynth.report import _csv
+from mrisynth.files import write_csv
 from mrisynth.report.markdown import best_sentence
 from mrisynth.study import summary
 
@@ -46,8 +46,9 @@ def test_with_folds_the_best_ratio_is_chosen_and_scored_per_fold():
     assert "fold 0: r1" in best_sentence({"best": best})
 
 
-def test_results_csv_has_every_column_any_trial_has():
-    text = _csv([{"trial": "a", "seed": 0}, {"trial": "b", "seed": 1, "test_accuracy_lo": 0.5}])
+def test_results_csv_has_every_column_any_trial_has(tmp_path):
+    rows = [{"trial": "a", "seed": 0}, {"trial": "b", "seed": 1, "test_accuracy_lo": 0.5}]
+    text = write_csv(tmp_path / "results.csv", rows).read_text()
     assert text.splitlines()[0] == "trial,seed,test_accuracy_lo"
     assert text.splitlines()[2] == "b,1,0.5"
 
