@@ -1,4 +1,4 @@
-"""Small file helpers: atomic writes, JSON/JSONL, hashing.
+"""Small file helpers: atomic writes, JSON/JSONL, hashing, and claiming output folders.
 
 Everything a step writes goes to a temporary name first and is renamed when complete, so a crash never
 leaves a half-written file that a later step would trust.
@@ -12,16 +12,22 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from mrisynth.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -196,6 +202,134 @@ def sha256_dir(path: str | os.PathLike, *, pattern: str = "*") -> str:
         h.update(str(file.relative_to(root)).encode())
         h.update(sha256_file(file).encode())
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- output folders
+
+MARKER_NAME = ".mrisynth-output.json"  # {"kind": ..., "created": ...}: what wrote this folder
+LOCK_NAME = ".mrisynth-output.lock"  # held by the one process writing the folder
+OUTPUT_KINDS = ("prepared-data", "phantom", "generator", "synthetic", "classifier", "study", "leakage-audit",
+                "quality")
+# Folders written before markers existed, recognised by the files each kind always wrote (all must exist), so
+# that they can be resumed and named in refusals. A kind's writer may pass a stricter `legacy` check.
+LEGACY_SIGNS: dict[str, tuple[str, ...]] = {
+    "prepared-data": ("manifest.csv", "prepare.json"),
+    "phantom": ("metadata.csv", "config.yaml", "images", "masks"),
+    "generator": ("generator.json",),
+    "synthetic": (".provenance.jsonl",),
+    "classifier": ("config.yaml", "metrics.jsonl"),
+    "study": ("config.yaml", "trials"),
+    "leakage-audit": ("leakage.json",),
+    "quality": ("quality.json",),
+}
+_OWN_FILES = (MARKER_NAME, LOCK_NAME)
+_held: dict[Path, tuple[str, int]] = {}  # folders this process has claimed: kind, nesting depth
+_held_guard = threading.Lock()
+
+
+def output_kind(path: str | os.PathLike) -> str | None:
+    """The kind of mrisynth output a folder holds: its marker's, else a recognised earlier layout, else None."""
+    path = Path(path)
+    marker = path / MARKER_NAME
+    if marker.is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            kind = json.loads(marker.read_text(encoding="utf-8")).get("kind")
+            if isinstance(kind, str):
+                return kind
+    return next((k for k, names in LEGACY_SIGNS.items() if _has_all(path, names)), None)
+
+
+def _has_all(path: Path, names: tuple[str, ...]) -> bool:
+    return path.is_dir() and all((path / n).exists() for n in names)
+
+
+@contextlib.contextmanager
+def claim_output_dir(
+    path: str | os.PathLike, kind: str, *, legacy: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
+    """Make `path` this process's output folder of `kind` for the block; yields it as a Path.
+
+    Refused with a one-line UserError (before anything is written) when `path` is a file, holds another kind of
+    output, is a non-empty folder mrisynth did not write, or is being written by another process (a lock is held
+    for the block). A folder without a marker but recognised as earlier output of this kind (`legacy(path)`, by
+    default `LEGACY_SIGNS[kind]`) is adopted, so runs of the previous version resume. A folder this call created
+    is removed again if the block fails before writing anything into it.
+    """
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"unknown output kind {kind!r}; add it to OUTPUT_KINDS")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file, not a folder; choose a new or empty folder for the {kind} output")
+    key = path.resolve()
+    if _nest(key, kind, path):  # claimed again by this process (a command calling another step)
+        try:
+            yield path
+        finally:
+            with _held_guard:
+                _held[key] = (kind, _held[key][1] - 1)
+        return
+    created = not path.exists()
+    _check_claimable(path, kind, legacy)
+    ensure_writable_dir(path)
+    lock = FileLock(str(path / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"{path} is being written by another mrisynth process; wait for it to finish or choose "
+                        "another folder") from None
+    try:
+        _check_claimable(path, kind, legacy)  # again under the lock: another process may have claimed it meanwhile
+        if not (path / MARKER_NAME).is_file():
+            write_json(path / MARKER_NAME, {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        with _held_guard:
+            _held[key] = (kind, 1)
+        try:
+            yield path
+        except BaseException:
+            if created and all(p.name in _OWN_FILES for p in path.iterdir()):
+                _remove(path / MARKER_NAME)
+                lock.release()
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        finally:
+            with _held_guard:
+                _held.pop(key, None)
+    finally:
+        lock.release()
+
+
+def _nest(key: Path, kind: str, path: Path) -> bool:
+    """True (and one level deeper) when this process already holds `key` for `kind`."""
+    with _held_guard:
+        held = _held.get(key)
+        if held is None:
+            return False
+        if held[0] != kind:
+            raise UserError(f"{path} is already being written as {held[0]} output; choose another folder "
+                            f"for the {kind} output")
+        _held[key] = (kind, held[1] + 1)
+        return True
+
+
+def _check_claimable(path: Path, kind: str, legacy: Callable[[Path], bool] | None) -> None:
+    """A UserError when `path` holds something other than (earlier) output of `kind`."""
+    if not path.is_dir():
+        return
+    entries = [p for p in path.iterdir() if p.name not in _OWN_FILES]
+    found = output_kind(path)
+    if (path / MARKER_NAME).is_file():
+        if found != kind:
+            raise UserError(f"{path} holds {found or 'unknown (damaged marker)'} output, not {kind}; choose another "
+                            f"folder for the {kind} output (nothing was changed)")
+        return
+    if not entries:
+        return
+    if legacy(path) if legacy is not None else found == kind:
+        log.info("adopting %s: %s output written by an earlier mrisynth", path, kind)
+        return
+    what = f"{found} output" if found else f"files mrisynth did not write (e.g. {sorted(p.name for p in entries)[0]})"
+    raise UserError(f"{path} is not empty: it holds {what}; choose a new or empty folder for the {kind} output "
+                    "(nothing was changed)")
 
 
 def _json_default(obj: Any) -> Any:
