@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from mrisynth.cli import main
 from mrisynth.data.audit import near_duplicate_pairs, normalised_thumbnails, run_leakage_audit
 from mrisynth.data.images import save_grayscale_png
 from mrisynth.data.manifest import ImageRecord, save_classes, save_manifest
@@ -102,3 +103,61 @@ def test_audit_on_figshare_reference_and_patient_splits(figshare_dir, tmp_path):
     patient_report = run_leakage_audit(pat)
     assert patient_report["patients_across_splits"] == 0
     assert patient_report["near_duplicate_pairs"] < report["near_duplicate_pairs"] / 5
+
+
+def _partner(base: np.ndarray, r: float, rng: np.random.Generator) -> np.ndarray:
+    """`base` plus Gaussian noise scaled so that the pair's correlation is about `r` (measured: within 0.006)."""
+    b = base.astype(np.float64)
+    noise = rng.normal(0, 1, b.shape) * b.std() * np.sqrt(1 / r**2 - 1)
+    return np.clip(np.round(b + noise), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def graded_dir(tmp_path):
+    """32 px images (the audit's thumbnail size, so no resize blurs them) with cross-split pairs at set correlations.
+
+    t0-s0: r ~ 0.975, one patient (A)     v0-s1: r ~ 0.975, no patient ids     t1-v1: r ~ 0.925 (B, C)
+    """
+    rng = np.random.default_rng(5)
+    pictures = {name: _blobs(rng, 32) for name in ("t0", "t1", "t2", "t3", "v0", "v2", "s2", "s3")}
+    pictures["s0"] = _partner(pictures["t0"], 0.975, rng)
+    pictures["s1"] = _partner(pictures["v0"], 0.975, rng)
+    pictures["v1"] = _partner(pictures["t1"], 0.925, rng)
+    patient = {"t0": "A", "s0": "A", "t1": "B", "v1": "C", "v0": "", "s1": ""}
+    records = []
+    for i, (name, arr) in enumerate(sorted(pictures.items())):
+        path = tmp_path / f"{name}.png"
+        save_grayscale_png(arr, path)
+        records.append(ImageRecord(id=name, path=str(path), class_name="ab"[i % 2], label=i % 2,
+                                   patient_id=patient.get(name, f"P{name}"),
+                                   split={"t": "train", "v": "val", "s": "test"}[name[0]]))
+    data = tmp_path / "data"
+    data.mkdir()
+    save_manifest(records, data / "manifest.csv")
+    save_classes(["a", "b"], data)
+    return data
+
+
+def _pairs(audit_dir) -> set[tuple[str, str]]:
+    with open(audit_dir / "near_duplicates.csv") as f:
+        return {(r["id_a"], r["id_b"]) for r in csv.DictReader(f)}
+
+
+def test_default_threshold_flags_adjacent_slice_copies_not_look_alikes(graded_dir):
+    report = run_leakage_audit(graded_dir)
+    assert report["threshold"] == 0.95
+    assert _pairs(graded_dir / "audit") == {("t0", "s0"), ("v0", "s1")}  # the r ~ 0.925 pair t1-v1 is not one
+    assert report["near_duplicate_pairs_by_splits"] == {"train-val": 0, "train-test": 1, "val-test": 1}
+    assert report["near_duplicate_pairs_same_patient"] == 1  # images without patient ids are not "one patient"
+    assert report["heldout_images_with_train_duplicate"] == {"val": 0, "test": 1}
+
+
+def test_cli_threshold_is_the_one_applied(graded_dir, capsys):
+    assert main(["data", "audit", str(graded_dir), "--threshold", "0.9", "--out", str(graded_dir / "low")]) == 0
+    assert _pairs(graded_dir / "low") == {("t0", "s0"), ("v0", "s1"), ("t1", "v1")}
+    assert json.loads((graded_dir / "low" / "leakage.json").read_text())["threshold"] == 0.9
+    assert "(r >= 0.9): 3" in capsys.readouterr().out
+    assert main(["data", "audit", str(graded_dir), "--threshold", "0.999", "--out", str(graded_dir / "high")]) == 0
+    assert _pairs(graded_dir / "high") == set()
+    assert main(["data", "audit", str(graded_dir), "--out", str(graded_dir / "default")]) == 0
+    assert _pairs(graded_dir / "default") == {("t0", "s0"), ("v0", "s1")}

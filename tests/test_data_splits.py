@@ -144,3 +144,42 @@ def test_figshare_patient_split_and_reference_split(figshare_dir, tmp_path):
     ref = assign_splits(records, f"file:{figshare_dir / 'seed_split.csv'}")
     assert Counter(r.split for r in ref) == {"train": 2144, "val": 612, "test": 308}
     assert sum(len(s) > 1 for s in splits_of_patients(ref).values()) == 209
+
+
+def _two_classes() -> list[ImageRecord]:
+    return [ImageRecord(id=f"{name}{i:02d}", path=f"/x/{name}{i:02d}.png", class_name=name, label=k)
+            for k, name in enumerate(("glioma", "meningioma")) for i in range(10)]
+
+
+def test_seed_split_is_pinned_and_independent_of_listing_order():
+    records = _two_classes()
+    # Pinned: a given seed must give the same split in every version and on every machine (the reference replay).
+    held_out = {r.id: r.split for r in assign_splits(records, "seed", seed=42) if r.split != "train"}
+    assert held_out == {"glioma01": "val", "glioma09": "val", "glioma08": "test",
+                        "meningioma00": "val", "meningioma03": "val", "meningioma01": "test"}
+    # Files listed in another order (another file system, another class first) must not move any image.
+    wanted = {r.id: r.split for r in assign_splits(records, "seed", seed=42)}
+    shuffled = [records[i] for i in np.random.default_rng(3).permutation(len(records))]
+    for listing in (records[::-1], shuffled):
+        assert {r.id: r.split for r in assign_splits(listing, "seed", seed=42)} == wanted
+
+
+def test_file_split_reads_split_and_class_spellings_and_refuses_others(tmp_path):
+    records = make_records(3)  # patients 0, 1, 2: glioma, meningioma, pituitary
+    names = ["Training", "Validation", " TEST "]
+    classes = {"glioma": "Glioma", "meningioma": "meningioma_tumor", "pituitary": "Pituitary Tumor"}
+    path = tmp_path / "split.csv"
+
+    def write(split_of, class_of) -> str:
+        path.write_text("id,split,class\n" + "".join(f"{r.id},{split_of(r)},{class_of(r)}\n" for r in records))
+        return f"file:{path}"
+
+    out = assign_splits(records, write(lambda r: names[r.label], lambda r: classes[r.class_name]))
+    assert {r.split for r in out if r.label == 0} == {"train"} and {r.split for r in out if r.label == 1} == {"val"}
+    assert {r.split for r in out if r.label == 2} == {"test"}
+    with pytest.raises(UserError, match="split 'holdout' of id .* is not train, val or test"):
+        assign_splits(records, write(lambda r: "holdout", lambda r: r.class_name))
+    # A split file written for another class mapping: an image listed under another class is refused.
+    swapped = {"glioma": "meningioma", "meningioma": "glioma", "pituitary": "pituitary"}
+    with pytest.raises(UserError, match="is 'meningioma' there but 'glioma' in the source"):
+        assign_splits(records, write(lambda r: "train", lambda r: swapped[r.class_name]))

@@ -1,10 +1,13 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
 from mrisynth.data.cache import build_cache, load_cache
-from mrisynth.data.images import fit_square, read_grayscale
+from mrisynth.data.images import fit_square, read_grayscale, save_grayscale_png
 from mrisynth.data.manifest import ImageRecord, load_manifest, save_manifest
 from mrisynth.errors import UserError
+from mrisynth.files import sha256_file
 
 
 def test_manifest_round_trip_keeps_types_and_paths(tmp_path):
@@ -46,3 +49,18 @@ def test_build_cache_is_atomic_on_bad_image(tiny_manifest_dir):
     with pytest.raises(UserError, match="not a readable image"):
         build_cache(tiny_manifest_dir, 16)
     assert not (tiny_manifest_dir / "cache" / "resize-16").exists()
+
+
+def test_cache_is_rebuilt_when_the_pixels_behind_an_id_change(tiny_manifest_dir):
+    """Re-preparing after an image was replaced keeps its id but changes its sha256: the cache must follow."""
+    records = [dataclasses.replace(r, sha256=sha256_file(r.path)) for r in load_manifest(tiny_manifest_dir)]
+    save_manifest(records, tiny_manifest_dir / "manifest.csv")
+    before = np.array(load_cache(tiny_manifest_dir, 16).images[3])
+    replaced = np.full((32, 40), 7, dtype=np.uint8)
+    save_grayscale_png(replaced, records[3].path)
+    records[3] = dataclasses.replace(records[3], sha256=sha256_file(records[3].path))
+    save_manifest(records, tiny_manifest_dir / "manifest.csv")
+    cache = load_cache(tiny_manifest_dir, 16)
+    assert [r.id for r in cache.records] == [r.id for r in records]  # the same ids ...
+    assert not np.array_equal(before, np.full((16, 16), 7))
+    assert np.array_equal(cache.images[3], np.full((16, 16), 7))  # ... and the new pixels
