@@ -1,7 +1,8 @@
 """Assembling a classifier's training, validation and test sets from packed caches, resident on the device.
 
-Real and synthetic folders both go through `load_cache(dir, image_size)`, so sets made at different native sizes
-meet at the model's input size. Validation and test are always the real `val` / `test` splits.
+Real and synthetic folders both go through `load_cache(dir, image_size, fit=...)`, so sets made at different native
+sizes meet at the model's input size, and then through the same intensity normalisation (data/normalize.py).
+Validation and test are always the real `val` / `test` splits.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import numpy as np
 import torch
 
 from mrisynth.data.cache import ImageCache, load_cache
+from mrisynth.data.images import Fit
 from mrisynth.data.manifest import load_classes
+from mrisynth.data.normalize import NONE, Normalization, normalize_images, parse_normalization
 from mrisynth.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -54,11 +57,19 @@ class PreparedData:
     train_synthetic: int
 
 
-def load_train_data(data: TrainData, *, image_size: int, device: torch.device | str) -> PreparedData:
-    """Load the caches once and move the selected images to `device` as uint8."""
+def load_train_data(
+    data: TrainData,
+    *,
+    image_size: int,
+    device: torch.device | str,
+    normalize: str = NONE,
+    fit: Fit = "resize",
+) -> PreparedData:
+    """Load the caches once, normalise the selected images (`normalize`) and move them to `device` as uint8."""
+    norm = parse_normalization(normalize)  # a bad setting fails here, before any cache is built
     real_dir = Path(data.real_dir)
     classes = load_classes(real_dir)
-    real = load_cache(real_dir, image_size)
+    real = load_cache(real_dir, image_size, fit=fit)
     train_rows = _pick(real, real.indices("train"), data.real_train_ids, what=f"real train split of {real_dir}")
     parts = [(real, train_rows)]
     n_synthetic = 0
@@ -70,7 +81,7 @@ def load_train_data(data: TrainData, *, image_size: int, device: torch.device | 
                 f"synthetic set {syn_dir} has classes {syn_classes} but the real data has {classes}; "
                 "generate it from a generator trained on this data folder"
             )
-        synthetic = load_cache(syn_dir, image_size)
+        synthetic = load_cache(syn_dir, image_size, fit=fit)
         real_rows = [r.id for r in synthetic.records if r.source != "synthetic"]
         if real_rows:  # e.g. a prepared real data folder: its val/test images would leak into training
             raise UserError(
@@ -88,11 +99,12 @@ def load_train_data(data: TrainData, *, image_size: int, device: torch.device | 
     for name, rows in (("val", val), ("test", test)):
         if len(rows) == 0:
             raise UserError(f"{real_dir}/manifest.csv has no '{name}' rows; prepare the data with a {name} split")
-    log.info("training on %d real + %d synthetic images at %d px", len(train_rows), n_synthetic, image_size)
+    log.info("training on %d real + %d synthetic images at %d px (%s, normalize %s)", len(train_rows), n_synthetic,
+             image_size, fit, norm.spec)
     return PreparedData(
-        train=_to_device(parts, device),
-        val=_to_device([(real, val)], device),
-        test=_to_device([(real, test)], device),
+        train=_to_device(parts, device, norm),
+        val=_to_device([(real, val)], device, norm),
+        test=_to_device([(real, test)], device, norm),
         classes=classes,
         train_real=len(train_rows),
         train_synthetic=n_synthetic,
@@ -110,11 +122,11 @@ def _pick(cache: ImageCache, default_rows: np.ndarray, ids: Sequence[str] | None
     return np.array([allowed[i] for i in ids], dtype=np.int64)
 
 
-def _to_device(parts: list[tuple[ImageCache, np.ndarray]], device: torch.device | str) -> DeviceSet:
+def _to_device(parts: list[tuple[ImageCache, np.ndarray]], device: torch.device | str, norm: Normalization) -> DeviceSet:
     images, labels, ids = [], [], []
     for cache, rows in parts:
         rows = np.sort(rows)  # memory-mapped reads are fastest in file order
-        images.append(np.asarray(cache.images[rows]))
+        images.append(normalize_images(np.asarray(cache.images[rows]), norm))
         labels.append(cache.labels[rows])
         ids.extend(cache.records[i].id for i in rows)
     size = parts[0][0].images.shape[-1]
