@@ -133,13 +133,17 @@ def test_missing_source_and_bad_settings_fail_cleanly(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_a_failed_rerun_removes_the_stale_manifest(tmp_path, capsys):
+def test_a_refused_rerun_keeps_the_earlier_prepared_folder(tmp_path, capsys):
+    # fault 3: a refused re-prepare used to delete the earlier manifest.csv and classes.json
     src = make_tree(tmp_path / "src", patients=6, slices=2)
     out = tmp_path / "out"
     assert main(["data", "prepare", str(src), "--out", str(out), "--split", "seed"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.endswith(".lock")}
     _break_corrupt_file(src)
     assert main(["data", "prepare", str(src), "--out", str(out), "--split", "seed"]) == 2
-    assert not (out / "manifest.csv").exists()
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.endswith(".lock")}
+    assert after == before
+    assert {"manifest.csv", "classes.json"} <= set(after)
 
 
 def test_audit_and_cache_without_a_manifest_fail_cleanly(tmp_path, capsys):
@@ -182,7 +186,7 @@ def test_prepare_never_writes_into_the_source_or_over_a_users_images(tmp_path, c
     assert "inside the source folder" in capsys.readouterr().err and not (src / "prepared").exists()
     mats = make_mat_dir(tmp_path / "mats", n=3, size=(8, 8))
     assert main(["data", "prepare", str(mats), "--out", str(src), "--split", "seed"]) == 2
-    assert "was not written by `mrisynth data prepare`" in capsys.readouterr().err
+    assert "is not a prepared-data folder: it holds files mrisynth did not write" in capsys.readouterr().err
     assert len(list((src / "images").rglob("*.png"))) == 3  # the user's images are untouched
 
 

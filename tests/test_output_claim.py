@@ -40,7 +40,7 @@ def test_another_kind_is_refused_and_nothing_changes(tmp_path):
 def test_a_user_folder_is_refused_naming_a_file_in_it(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "metadata.csv").write_text("my notes")
-    with pytest.raises(UserError, match=r"not empty: it holds files mrisynth did not write \(e.g. metadata.csv\)"):
+    with pytest.raises(UserError, match=r"is not a phantom folder: it holds files mrisynth did not write \(e.g. metadata.csv\)"):
         with claim_output_dir(tmp_path / "mine", "phantom"):
             pass
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["metadata.csv"]

@@ -67,18 +67,25 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
 _STORAGE_ERRORS = {
     errno.ENOSPC: "the disk is full",
     errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file size limit is exceeded",
     errno.EROFS: "the file system is read-only",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
 }
+_PERMISSION_ERRORS = (errno.EACCES, errno.EPERM)
 
 
 def storage_error(exc: OSError, path: str | os.PathLike | None = None) -> UserError | None:
-    """A one-line UserError for write failures a user can fix (disk full, read-only, permissions), else None."""
+    """A one-line UserError for failures a user can fix (disk full, read-only, permissions), else None.
+
+    A permission error may come from reading as well as writing, so it names the file and asks for its
+    permissions rather than blaming the output folder.
+    """
+    where = path or exc.filename or "the output folder"
+    if exc.errno in _PERMISSION_ERRORS:
+        return UserError(f"permission denied on {where}; check its permissions (ls -l) or use files and "
+                         "folders you can read and write")
     reason = _STORAGE_ERRORS.get(exc.errno)
     if reason is None:
         return None
-    where = path or exc.filename or "the output folder"
     return UserError(f"cannot write {where}: {reason}; free space or choose a writable --out, then rerun "
                      "the same command (finished steps are kept)")
 
@@ -90,15 +97,17 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def ensure_writable_dir(path: str | os.PathLike) -> Path:
-    """Create `path` if needed and fail with a clear message if it cannot be written."""
+def ensure_writable_dir(path: str | os.PathLike, *, fix: str = "choose a writable --out") -> Path:
+    """Create `path` if needed and fail with a clear message (ending in `fix`) if it cannot be written."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file, not a folder; {fix}")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create output directory {path}: {exc.strerror}; choose a writable --out") from exc
+        raise UserError(f"cannot create folder {path}: {exc.strerror}; {fix}") from exc
     if not os.access(path, os.W_OK):
-        raise UserError(f"output directory {path} is not writable; choose a writable --out")
+        raise UserError(f"folder {path} is not writable; {fix}")
     return path
 
 
@@ -213,7 +222,7 @@ OUTPUT_KINDS = ("prepared-data", "phantom", "generator", "synthetic", "classifie
 # Folders written before markers existed, recognised by the files each kind always wrote (all must exist), so
 # that they can be resumed and named in refusals. A kind's writer may pass a stricter `legacy` check.
 LEGACY_SIGNS: dict[str, tuple[str, ...]] = {
-    "prepared-data": ("manifest.csv", "prepare.json"),
+    "prepared-data": ("prepare.json",),
     "phantom": ("metadata.csv", "config.yaml", "images", "masks"),
     "generator": ("generator.json",),
     "synthetic": (".provenance.jsonl",),
@@ -328,8 +337,8 @@ def _check_claimable(path: Path, kind: str, legacy: Callable[[Path], bool] | Non
         log.info("adopting %s: %s output written by an earlier mrisynth", path, kind)
         return
     what = f"{found} output" if found else f"files mrisynth did not write (e.g. {sorted(p.name for p in entries)[0]})"
-    raise UserError(f"{path} is not empty: it holds {what}; choose a new or empty folder for the {kind} output "
-                    "(nothing was changed)")
+    raise UserError(f"{path} is not a {kind} folder: it holds {what}; choose a new or empty folder for the "
+                    f"{kind} output (nothing was changed)")
 
 
 def _json_default(obj: Any) -> Any:

@@ -96,7 +96,56 @@ def load_manifest(path: str | os.PathLike) -> list[ImageRecord]:
                 records.append(_record_from_row(row, root))
             except ValueError as exc:
                 raise UserError(f"{path}, line {line}: {exc}") from exc
+            if records[-1].split not in (*SPLITS, ""):
+                # An unknown split would silently drop the row from training and evaluation.
+                raise UserError(f"{path}, line {line}: split '{records[-1].split}' is not one of "
+                                f"{', '.join(SPLITS)} (or empty); fix the row or prepare the data again")
     return records
+
+
+def check_labels(records: Sequence[ImageRecord], classes: Sequence[str], *, where: str) -> None:
+    """A UserError when a row's label is not its class's index in `classes` (a hand-edited manifest)."""
+    for rec in records:
+        if not 0 <= rec.label < len(classes) or classes[rec.label] != rec.class_name:
+            raise UserError(f"{where}: image {rec.id} has label {rec.label} and class '{rec.class_name}', but "
+                            f"classes.json lists {list(classes)}; prepare the data again")
+
+
+def require_source(records: Sequence[ImageRecord], source: str, *, where: str) -> None:
+    """A UserError unless every row is `source` ("real" or "synthetic"): the two must never be mixed up."""
+    other = [r for r in records if r.source != source]
+    if other:
+        hint = ("pass a folder written by `mrisynth generator sample`" if source == "synthetic"
+                else "pass a folder written by `mrisynth data prepare` from real images")
+        raise UserError(f"{where} is not {source} data: {len(other)} of {len(records)} rows are "
+                        f"'{other[0].source}' (e.g. {other[0].id}); {hint}")
+
+
+def read_keyed_csv(path: str | os.PathLike, *, required: Sequence[str], what: str) -> dict[str, dict[str, str]]:
+    """Rows of a user's CSV keyed by the stripped `id` column, checked: UTF-8, every row complete, ids unique."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start}); save it as UTF-8 and rerun") from exc
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise UserError(f"{what} {path} needs the column(s) {', '.join(required)}; missing {', '.join(missing)}")
+    rows: dict[str, dict[str, str]] = {}
+    for row in reader:
+        line = reader.line_num
+        if None in row or None in row.values():  # more or fewer fields than the header
+            raise UserError(f"{what} {path}, line {line}: {len(reader.fieldnames)} fields expected (the header's); "
+                            "fix the row")
+        key = row["id"].strip()
+        if key in rows:
+            raise UserError(f"{what} {path}, line {line}: id '{key}' is listed twice; each image once, please")
+        rows[key] = {k: v.strip() for k, v in row.items()}
+    return rows
 
 
 def _record_from_row(row: dict, root: Path) -> ImageRecord:

@@ -3,8 +3,8 @@
     out = run_prepare("/data/figshare", "runs/a/data", PrepareConfig(split="patient"))
 
 Writes `OUT/manifest.csv`, `OUT/classes.json`, `OUT/config.yaml` (resolved settings) and `OUT/prepare.json`
-(source, kind, split summary). The manifest is written last: a failure leaves no manifest behind (and no
-output folder at all when this call created it).
+(source, kind, split summary), and for .mat sources `OUT/images/` and `OUT/masks/`. The manifest is written last:
+a refusal leaves an earlier manifest as it was (and no output folder at all when this call created it).
 """
 
 from __future__ import annotations
@@ -16,13 +16,22 @@ import shutil
 from pathlib import Path
 
 from mrisynth.config import save_config
-from mrisynth.data.manifest import CLASSES_NAME, MANIFEST_NAME, save_classes, save_manifest, split_summary
+from mrisynth.data.manifest import (
+    MANIFEST_NAME,
+    ImageRecord,
+    load_manifest,
+    save_classes,
+    save_manifest,
+    split_summary,
+)
+from mrisynth.data.phantom import METADATA_NAME as PHANTOM_METADATA
 from mrisynth.data.sources import detect_source_kind, read_source
-from mrisynth.data.splits import assign_splits
+from mrisynth.data.splits import assign_splits, warn_missing_classes
 from mrisynth.errors import UserError
-from mrisynth.files import write_json
+from mrisynth.files import claim_output_dir, output_kind, write_json
 
 log = logging.getLogger(__name__)
+PREPARED_KIND = "prepared-data"  # the marker kind of a prepared data folder (files.claim_output_dir)
 
 
 @dataclasses.dataclass
@@ -53,37 +62,63 @@ def resolve_split(spec: str, *, has_splits: bool, has_patients: bool) -> str:
 
 
 def run_prepare(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: PrepareConfig) -> Path:
-    """Read `source`, assign splits per `cfg`, and write the manifest folder `out_dir`; returns `out_dir`."""
-    out_dir = Path(out_dir)
-    created = not out_dir.exists()
-    try:
-        return _prepare(Path(source), out_dir, cfg)
-    except BaseException:
-        if created and out_dir.is_dir():
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
+    """Read `source`, assign splits per `cfg`, and write the manifest folder `out_dir`; returns `out_dir`.
+
+    `out_dir` must be new, empty, or an earlier prepared-data folder (see `files.claim_output_dir`). An earlier
+    manifest there survives any refusal: it is replaced only once the new one is complete.
+    """
+    source, out_dir = Path(source), Path(out_dir)
+    _check_source(source, out_dir)
+    with claim_output_dir(out_dir, PREPARED_KIND) as out:
+        staging = out / ".staging"
+        shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
+        try:
+            return _prepare(source, out, staging, cfg)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
-def _prepare(source: Path, out_dir: Path, cfg: PrepareConfig) -> Path:
+def _check_source(source: Path, out_dir: Path) -> None:
+    """Refuse sources that are not real images ready to read, before anything is written."""
+    kind = detect_source_kind(source)  # also: exists, is a folder
     if out_dir.resolve() == source.resolve() or source.resolve() in out_dir.resolve().parents:
         raise UserError(f"--out {out_dir} is inside the source folder {source}; choose a folder outside it")
-    if detect_source_kind(source) == "mat" and not (out_dir / "prepare.json").is_file():
-        # .mat images are converted into OUT/images and OUT/masks, replacing those folders: never a user's own.
-        taken = [out_dir / d for d in ("images", "masks") if (out_dir / d).exists()]
-        if taken:
-            raise UserError(f"{taken[0]} exists and was not written by `mrisynth data prepare`; choose an empty --out")
-    # A stale manifest from an earlier run must not survive a failed rerun.
-    for name in (MANIFEST_NAME, CLASSES_NAME):
-        (out_dir / name).unlink(missing_ok=True)
-    data = read_source(source, out_dir, metadata=cfg.metadata or None)
+    found = output_kind(source)
+    if found == "synthetic" or (kind == "tree" and _holds_synthetic_manifest(source)):
+        raise UserError(f"{source} is a synthetic set written by `mrisynth generator sample`; preparing it would "
+                        "label its images real. Prepare the real images, and pass the set as --synthetic")
+    if found == "phantom" and not (source / PHANTOM_METADATA).is_file():
+        raise UserError(f"{source} is an unfinished phantom (no {PHANTOM_METADATA}); rerun `mrisynth data phantom "
+                        f"--out {source}` first")
+
+
+def _holds_synthetic_manifest(source: Path) -> bool:
+    if not (source / MANIFEST_NAME).is_file():
+        return False
+    try:
+        return any(r.source == "synthetic" for r in load_manifest(source))
+    except UserError:
+        return False  # not a mrisynth manifest: a user's own file, read as a plain image tree
+
+
+def _prepare(source: Path, out_dir: Path, staging: Path, cfg: PrepareConfig) -> Path:
+    # .mat slices are converted into a staging folder first: the old images stay until the new set is complete.
+    data = read_source(source, staging, metadata=cfg.metadata or None)
     if len(data.classes) < 2:
         raise UserError(f"{source} holds one class ({data.classes[0]}); a classifier needs at least two")
+    _check_utf8_names(data.records)
     spec = resolve_split(_split_file_beside_source(cfg.split, source), has_splits=data.has_splits,
                          has_patients=all(r.patient_id for r in data.records))
     records = assign_splits(
         data.records, spec, seed=cfg.seed, fractions=cfg.fractions, tolerance=cfg.tolerance,
         n_folds=cfg.folds, group_trailing_letter=cfg.group_trailing_letter,
     )
+    warn_missing_classes(records)
+    # Everything is checked: from here on only writing is left. The old manifest goes first, so that a crash
+    # below leaves no manifest that points at replaced images.
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    if data.kind == "mat":
+        records = _move_staged(records, staging, out_dir)
     summary = split_summary(records)
     save_config(dataclasses.replace(cfg, split=spec), out_dir / "config.yaml")  # `auto` saved as what it chose
     write_json(out_dir / "prepare.json", {
@@ -95,6 +130,36 @@ def _prepare(source: Path, out_dir: Path, cfg: PrepareConfig) -> Path:
     save_manifest(records, out_dir / MANIFEST_NAME)  # last: its presence means the folder is complete
     log.info("prepared %d images (%s split) in %s", len(records), spec, out_dir)
     return out_dir
+
+
+def _check_utf8_names(records: list[ImageRecord]) -> None:
+    """File names that are not UTF-8 cannot be written into the manifest: say which, before writing anything."""
+    for rec in records:
+        for text in (rec.path, rec.mask_path, rec.class_name):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                raise UserError(f"the file name {shown} is not valid UTF-8; rename it (e.g. with convmv) and "
+                                "rerun") from None
+
+
+def _move_staged(records: list[ImageRecord], staging: Path, out_dir: Path) -> list[ImageRecord]:
+    """Swap the staged images/ and masks/ into `out_dir` and point the records there."""
+    for name in ("images", "masks"):
+        target, old = out_dir / name, out_dir / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        if (staging / name).exists():
+            os.replace(staging / name, target)
+        shutil.rmtree(old, ignore_errors=True)
+    prefix, moved = str(staging), str(out_dir)
+
+    def moved_path(path: str) -> str:
+        return moved + path[len(prefix):] if path.startswith(prefix) else path
+
+    return [dataclasses.replace(r, path=moved_path(r.path), mask_path=moved_path(r.mask_path)) for r in records]
 
 
 def format_summary(summary: dict[str, dict]) -> str:

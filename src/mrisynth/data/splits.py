@@ -21,9 +21,9 @@ as one person for the patient-level splits.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
+import math
 import os
 import re
 from collections import defaultdict
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrisynth.data.manifest import SPLITS, ImageRecord
+from mrisynth.data.manifest import SPLITS, ImageRecord, read_keyed_csv
 from mrisynth.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,20 @@ def assign_splits(
     raise UserError(f"unknown split '{spec}'; use one of {', '.join(SPLIT_KINDS)}")
 
 
+def warn_missing_classes(records: Sequence[ImageRecord]) -> list[str]:
+    """Log (and return) one warning per split that lacks a class: its per-class metrics will be undefined."""
+    classes = sorted({r.class_name for r in records})
+    warnings = []
+    for split in SPLITS:
+        present = {r.class_name for r in records if r.split == split}
+        absent = [c for c in classes if c not in present]
+        if absent:
+            warnings.append(f"the {split} split has no image of class {', '.join(absent)}: add images of it "
+                            "or merge it into another class")
+            log.warning(warnings[-1])
+    return warnings
+
+
 def _check_fractions(fractions: Sequence[float]) -> None:
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise UserError(f"split fractions must be three positive numbers (train, val, test) summing to 1; got "
@@ -108,13 +122,7 @@ def split_from_file(records: list[ImageRecord], path: str | os.PathLike) -> list
     from mrisynth.data.sources import normalise_class_name, normalise_split_name
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"split file {path} does not exist")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if not {"id", "split"} <= set(reader.fieldnames or []):
-            raise UserError(f"split file {path} needs columns id,split")
-        rows = {row["id"].strip(): row for row in reader}
+    rows = read_keyed_csv(path, required=("id", "split"), what="split file")  # duplicate ids refused
     missing = [r.id for r in records if r.id not in rows]
     if missing:
         raise UserError(f"split file {path} does not list {len(missing)} image(s), e.g. id {missing[0]}")
@@ -213,10 +221,12 @@ def _group_split(
             log.info("%s: class shares within %.1f points (seed %d, %d patients)", why, 100 * gap,
                      seed + attempt, len(groups))
             return bins
+    # Suggest the smallest tolerance (in whole points) that the best assignment found would have met.
+    suggested = max(math.ceil(100 * best_gap + 1e-9), math.floor(100 * tolerance) + 1) / 100
     raise UserError(
         f"{why}: no assignment of {len(groups)} patients keeps every class share within {100 * tolerance:.1f} "
         f"points (best {100 * best_gap:.1f} after {max_tries} seeds); raise the tolerance "
-        "(--set tolerance=0.05) or use --split seed"
+        f"(--set tolerance={suggested:g}) or use --split seed"
     )
 
 
