@@ -31,6 +31,11 @@ def read_grayscale(path: str | os.PathLike) -> np.ndarray:
             return _to_grayscale(img, path)
     except FileNotFoundError as exc:
         raise UserError(f"image file {path} does not exist") from exc
+    except Image.DecompressionBombError as exc:  # a header claiming billions of pixels: corrupt or hostile
+        raise UserError(f"{path} claims more pixels than PIL will decode ({exc}); it cannot be an MRI slice: "
+                        "remove or replace it") from exc
+    except PermissionError as exc:
+        raise UserError(f"cannot read image file {path}: permission denied; make it readable or remove it") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise UserError(f"{path} is not a readable image ({exc.__class__.__name__}); remove or replace it") from exc
 

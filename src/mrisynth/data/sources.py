@@ -16,7 +16,6 @@ Image ids are file stems; they must be unique across the whole source.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import logging
 import os
@@ -29,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mrisynth.data.images import IMAGE_SUFFIXES, read_grayscale, save_grayscale_png, to_uint8
-from mrisynth.data.manifest import ImageRecord
+from mrisynth.data.manifest import ImageRecord, read_keyed_csv
 from mrisynth.errors import UserError
 from mrisynth.files import atomic_path, sha256_file
 
@@ -251,6 +250,9 @@ def _tree_entries(root: Path) -> Iterator[tuple[str, str, Path]]:
         else:
             class_dirs = [("", top)]
         for split_name, class_dir in class_dirs:
+            if not os.access(class_dir, os.R_OK | os.X_OK):  # rglob would see an unreadable folder as empty
+                raise UserError(f"cannot read class folder {class_dir}: permission denied; make it readable "
+                                f"(chmod -R u+rX {class_dir}) or move it out of the source")
             files = [p for p in sorted(class_dir.rglob("*")) if p.is_file() and not p.name.startswith(".")]
             images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
             skipped = len(files) - len(images)
@@ -296,13 +298,8 @@ def _find_metadata(source: Path) -> Path | None:
 def join_metadata(data: SourceData, path: str | os.PathLike) -> None:
     """Fill patient_id, fold and split from a CSV keyed by `id`; a `class` column must agree with the folders."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"metadata CSV {path} does not exist")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if "id" not in (reader.fieldnames or []):
-            raise UserError(f"metadata CSV {path} needs an 'id' column (the image file name without extension)")
-        rows = {row["id"].strip(): row for row in reader}
+    # UTF-8, complete rows and unique ids are checked there: a repeated id must not silently win.
+    rows = read_keyed_csv(path, required=("id",), what="metadata CSV")
     matched = 0
     for rec in data.records:
         row = rows.get(rec.id)
