@@ -217,13 +217,14 @@ def sha256_dir(path: str | os.PathLike, *, pattern: str = "*") -> str:
 
 MARKER_NAME = ".mrisynth-output.json"  # {"kind": ..., "created": ...}: what wrote this folder
 LOCK_NAME = ".mrisynth-output.lock"  # held by the one process writing the folder
-OUTPUT_KINDS = ("prepared-data", "phantom", "generator", "synthetic", "classifier", "study", "leakage-audit",
-                "quality")
+OUTPUT_KINDS = ("prepared-data", "phantom", "download", "generator", "synthetic", "classifier", "study",
+                "leakage-audit", "quality")
 # Folders written before markers existed, recognised by the files each kind always wrote (all must exist), so
 # that they can be resumed and named in refusals. A kind's writer may pass a stricter `legacy` check.
 LEGACY_SIGNS: dict[str, tuple[str, ...]] = {
     "prepared-data": ("prepare.json",),
     "phantom": ("metadata.csv", "config.yaml", "images", "masks"),
+    "download": ("downloads",),
     "generator": ("generator.json",),
     "synthetic": (".provenance.jsonl",),
     "classifier": ("config.yaml", "metrics.jsonl"),

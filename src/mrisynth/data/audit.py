@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from mrisynth.data.cache import load_cache
-from mrisynth.data.manifest import SPLITS, ImageRecord
+from mrisynth.data.manifest import SPLITS, ImageRecord, load_manifest
 from mrisynth.data.splits import patient_key
 from mrisynth.errors import UserError
-from mrisynth.files import atomic_path, ensure_writable_dir, write_csv, write_json
+from mrisynth.files import atomic_path, claim_output_dir, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -47,46 +47,48 @@ def run_leakage_audit(
     if not -1.0 <= threshold <= 1.0:
         raise UserError(f"--threshold must be a correlation between -1 and 1; got {threshold}")
     data_dir = Path(data_dir)
-    out_dir = ensure_writable_dir(Path(out_dir) if out_dir else data_dir / "audit")
-    cache = load_cache(data_dir, THUMB_SIZE)
-    records = cache.records
-    if not any(r.split in SPLITS for r in records):
-        raise UserError(f"{data_dir} has no train/val/test splits; run `mrisynth data prepare` with --split")
+    load_manifest(data_dir)  # no manifest: say so before making an audit folder
+    out_dir = Path(out_dir) if out_dir else data_dir / "audit"
+    with claim_output_dir(out_dir, "leakage-audit"):  # refused before any work if it holds other output
+        cache = load_cache(data_dir, THUMB_SIZE)
+        records = cache.records
+        if not any(r.split in SPLITS for r in records):
+            raise UserError(f"{data_dir} has no train/val/test splits; run `mrisynth data prepare` with --split")
 
-    spanning = patients_across_splits(records, group_trailing_letter=group_trailing_letter)
-    vectors = normalised_thumbnails(np.asarray(cache.images))
-    pairs = near_duplicate_pairs(records, vectors, threshold=threshold, group_trailing_letter=group_trailing_letter)
-    nearest = nearest_train_correlation(records, vectors)
+        spanning = patients_across_splits(records, group_trailing_letter=group_trailing_letter)
+        vectors = normalised_thumbnails(np.asarray(cache.images))
+        pairs = near_duplicate_pairs(records, vectors, threshold=threshold, group_trailing_letter=group_trailing_letter)
+        nearest = nearest_train_correlation(records, vectors)
 
-    by_pair = {f"{a}-{b}": sum(1 for p in pairs if {p["split_a"], p["split_b"]} == {a, b}) for a, b in _SPLIT_PAIRS}
-    patients = {patient_key(r.patient_id, group_trailing_letter=group_trailing_letter)
-                for r in records if r.patient_id}
-    report = {
-        "images": len(records),
-        "patients": len(patients),
-        "patients_across_splits": len(spanning),
-        "group_trailing_letter": group_trailing_letter,
-        "threshold": threshold,
-        "thumbnail_px": THUMB_SIZE,
-        "near_duplicate_pairs": len(pairs),
-        "near_duplicate_pairs_by_splits": by_pair,
-        "near_duplicate_pairs_same_patient": sum(1 for p in pairs if p["same_patient"]),
-        # For each held-out image: is there a training image this close? (what a classifier could memorise)
-        "heldout_images_with_train_duplicate": {
-            s: int((nearest[s] >= threshold).sum()) for s in ("val", "test") if s in nearest
-        },
-        "heldout_median_max_train_correlation": {
-            s: round(float(np.median(nearest[s])), 4) for s in ("val", "test") if s in nearest and len(nearest[s])
-        },
-    }
-    _save_patients_csv(spanning, out_dir / "patients_across_splits.csv")
-    _save_pairs_csv(pairs, out_dir / "near_duplicates.csv")
-    if pairs:
-        save_pair_grid(pairs[:grid_pairs], out_dir / "worst_pairs.png")
-    write_json(out_dir / "leakage.json", report)
-    log.info("audit of %s: %d of %d patients span splits, %d near-duplicate pairs", data_dir, len(spanning),
-             len(patients), len(pairs))
-    return report
+        by_pair = {f"{a}-{b}": sum(1 for p in pairs if {p["split_a"], p["split_b"]} == {a, b}) for a, b in _SPLIT_PAIRS}
+        patients = {patient_key(r.patient_id, group_trailing_letter=group_trailing_letter)
+                    for r in records if r.patient_id}
+        report = {
+            "images": len(records),
+            "patients": len(patients),
+            "patients_across_splits": len(spanning),
+            "group_trailing_letter": group_trailing_letter,
+            "threshold": threshold,
+            "thumbnail_px": THUMB_SIZE,
+            "near_duplicate_pairs": len(pairs),
+            "near_duplicate_pairs_by_splits": by_pair,
+            "near_duplicate_pairs_same_patient": sum(1 for p in pairs if p["same_patient"]),
+            # For each held-out image: is there a training image this close? (what a classifier could memorise)
+            "heldout_images_with_train_duplicate": {
+                s: int((nearest[s] >= threshold).sum()) for s in ("val", "test") if s in nearest
+            },
+            "heldout_median_max_train_correlation": {
+                s: round(float(np.median(nearest[s])), 4) for s in ("val", "test") if s in nearest and len(nearest[s])
+            },
+        }
+        _save_patients_csv(spanning, out_dir / "patients_across_splits.csv")
+        _save_pairs_csv(pairs, out_dir / "near_duplicates.csv")
+        if pairs:
+            save_pair_grid(pairs[:grid_pairs], out_dir / "worst_pairs.png")
+        write_json(out_dir / "leakage.json", report)
+        log.info("audit of %s: %d of %d patients span splits, %d near-duplicate pairs", data_dir, len(spanning),
+                 len(patients), len(pairs))
+        return report
 
 
 def patients_across_splits(records: list[ImageRecord], *, group_trailing_letter: bool = False) -> list[dict]:

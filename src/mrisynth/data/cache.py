@@ -5,6 +5,9 @@ live on the GPU. Layout, under the manifest's folder:
 
     cache/<fit>-<size>/images.npy   (N, size, size) uint8, rows in manifest order
     cache/<fit>-<size>/meta.json    size, fit, ids, and the manifest's SHA-256 (a stale cache is rebuilt)
+
+The manifest holds every image's SHA-256 and a cache is built only from files that match it, so a cache keyed by
+the manifest's hash never holds pixels other than those the manifest describes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,11 +24,17 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from mrisynth.data.images import Fit, fit_square, read_grayscale
-from mrisynth.data.manifest import MANIFEST_NAME, ImageRecord, load_classes, load_manifest
+from mrisynth.data.manifest import MANIFEST_NAME, ImageRecord, check_labels, load_classes, load_manifest
 from mrisynth.errors import UserError
-from mrisynth.files import atomic_path, read_json, sha256_file, write_json
+from mrisynth.files import atomic_path, ensure_writable_dir, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
+
+MIN_SIZE = 8
+# The largest side any model here uses is SD's 512 px (the Figshare slices are 512 px); 2048 leaves room for
+# higher-resolution sources while refusing the typo that once asked for a 960 GB memory map (--size 100000).
+MAX_SIZE = 2048
+_SPARE_BYTES = 256 * 2**20  # keep some disk free beyond the cache itself
 
 
 @dataclasses.dataclass
@@ -53,14 +63,23 @@ def cache_dir(data_dir: str | os.PathLike, size: int, fit: Fit = "resize") -> Pa
 
 
 def build_cache(data_dir: str | os.PathLike, size: int, *, fit: Fit = "resize", workers: int | None = None) -> Path:
-    """Decode, fit and pack every image of `data_dir/manifest.csv`; returns the cache folder."""
+    """Decode, fit and pack every image of `data_dir/manifest.csv`; returns the cache folder.
+
+    Each file is checked against the manifest's sha256 first: pixels changed since `data prepare` are an error
+    (never cached and trained on), so a cache always holds what its manifest describes.
+    """
     data_dir = Path(data_dir)
+    check_cache_size(size)
     records = load_manifest(data_dir)
     if not records:
         raise UserError(f"{data_dir / MANIFEST_NAME} has no rows; nothing to cache")
+    check_labels(records, load_classes(data_dir), where=str(data_dir / MANIFEST_NAME))
     out = cache_dir(data_dir, size, fit)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out.parent, fix=f"the cache is written inside the data folder: make {data_dir} writable, "
+                        "or copy the prepared folder somewhere writable and use the copy")
+    _check_free_space(out.parent, len(records) * size * size)
     workers = workers or min(8, os.cpu_count() or 1)
+    _verify_hashes(records, data_dir, workers)
     with atomic_path(out, suffix="") as tmp:
         tmp.mkdir()
         _pack_images(records, tmp / "images.npy", size, fit, workers)
@@ -73,6 +92,36 @@ def build_cache(data_dir: str | os.PathLike, size: int, *, fit: Fit = "resize", 
         })
     log.info("cached %d images at %d px in %s", len(records), size, out)
     return out
+
+
+def check_cache_size(size: int) -> None:
+    """A UserError for a cache side outside MIN_SIZE..MAX_SIZE pixels (checked before any work)."""
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise UserError(f"image size must be between {MIN_SIZE} and {MAX_SIZE} pixels; got {size}")
+
+
+def _check_free_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if needed + _SPARE_BYTES > free:
+        raise UserError(f"the cache needs {needed / 2**30:.1f} GiB but {folder} has {free / 2**30:.1f} GiB free; "
+                        "free space or choose a smaller size")
+
+
+def _verify_hashes(records: list[ImageRecord], data_dir: Path, workers: int) -> None:
+    """A UserError naming the first image whose bytes differ from the manifest's sha256 (rows without one pass)."""
+    def changed(rec: ImageRecord) -> bool:
+        return bool(rec.sha256) and sha256_file(rec.path) != rec.sha256
+
+    with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL
+        flags = list(pool.map(changed, records))
+    bad = [r for r, f in zip(records, flags) if f]
+    if bad:
+        raise UserError(f"{len(bad)} image(s) changed since the manifest was written, e.g. {bad[0].id} "
+                        f"({bad[0].path}); restore them, or run `mrisynth data prepare` again to re-read them")
+    unhashed = sum(not r.sha256 for r in records)
+    if unhashed:
+        log.warning("%d of %d rows of %s have no sha256: their pixels cannot be checked", unhashed, len(records),
+                    data_dir / MANIFEST_NAME)
 
 
 def _pack_images(records: list[ImageRecord], path: Path, size: int, fit: Fit, workers: int) -> None:
@@ -90,6 +139,7 @@ def _pack_images(records: list[ImageRecord], path: Path, size: int, fit: Fit, wo
 def load_cache(data_dir: str | os.PathLike, size: int, *, fit: Fit = "resize", build: bool = True) -> ImageCache:
     """Memory-map the cache of `data_dir` at `size`, building (or rebuilding a stale one) when `build`."""
     data_dir = Path(data_dir)
+    check_cache_size(size)
     out = cache_dir(data_dir, size, fit)
     if not _is_current(out, data_dir):
         if not build:
@@ -100,10 +150,12 @@ def load_cache(data_dir: str | os.PathLike, size: int, *, fit: Fit = "resize", b
             if not _is_current(out, data_dir):
                 build_cache(data_dir, size, fit=fit)
     records = load_manifest(data_dir)
+    classes = load_classes(data_dir)
+    check_labels(records, classes, where=str(data_dir / MANIFEST_NAME))  # before training, not after it
     images = np.load(out / "images.npy", mmap_mode="r")
     if images.shape != (len(records), size, size):
         raise UserError(f"cache {out} has shape {images.shape}, expected {(len(records), size, size)}; delete it")
-    return ImageCache(images=images, records=records, classes=load_classes(data_dir))
+    return ImageCache(images=images, records=records, classes=classes)
 
 
 def _is_current(out: Path, data_dir: Path) -> bool:

@@ -103,10 +103,7 @@ def _download(args: argparse.Namespace) -> int:
 
 def _cache(args: argparse.Namespace) -> int:
     from mrisynth.data.cache import build_cache, load_cache
-    from mrisynth.errors import UserError
 
-    if args.size < 8:
-        raise UserError(f"--size must be at least 8 pixels; got {args.size}")
     start = time.perf_counter()
     out = build_cache(args.data_dir, args.size, fit=args.fit)
     built = time.perf_counter() - start

@@ -23,7 +23,14 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from mrisynth.errors import UserError
-from mrisynth.files import atomic_path, ensure_writable_dir, read_json, sha256_file, write_json
+from mrisynth.files import (
+    atomic_path,
+    claim_output_dir,
+    ensure_writable_dir,
+    read_json,
+    sha256_file,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +72,15 @@ def file_url(remote: RemoteFile, base_url: str | None) -> str:
 def run_download_figshare(
     out_dir: str | os.PathLike, *, base_url: str | None = None, files: tuple[RemoteFile, ...] = FIGSHARE_FILES,
 ) -> Path:
-    """Download (resuming), verify and extract the Figshare data set; returns the folder of .mat files."""
-    out_dir = ensure_writable_dir(out_dir)
+    """Download (resuming), verify and extract the Figshare data set; returns the folder of .mat files.
+
+    `out_dir` must be new, empty or an earlier download folder: its `mat/` is replaced, never a user's own.
+    """
+    with claim_output_dir(out_dir, "download") as out:
+        return _download_into(out, base_url=base_url, files=files)
+
+
+def _download_into(out_dir: Path, *, base_url: str | None, files: tuple[RemoteFile, ...]) -> Path:
     downloads = ensure_writable_dir(out_dir / "downloads")
     record_path = downloads / "download.json"
     record = read_json(record_path) if record_path.is_file() else {}
