@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from mrisynth.classify.checkpoint import load_classifier
-from mrisynth.classify.config import CLASSIFIER_PRESETS, ClassifierConfig
+from mrisynth.classify.config import ClassifierConfig
 from mrisynth.classify.data import TrainData
 from mrisynth.classify.train import evaluate, fit
-from mrisynth.config import from_dict
+from mrisynth.config import from_dict, preset_values
 from mrisynth.data.cache import load_cache
 from mrisynth.data.phantom import PhantomConfig, run_phantom
 from mrisynth.data.prepare import PrepareConfig, run_prepare
@@ -72,7 +72,7 @@ def main() -> None:
     figures.update(sample_s=round(sample_s, 1), sampler=sample_cfg.sampler, sample_steps=sample_cfg.steps,
                    guidance=sample_cfg.guidance)
 
-    clf_cfg = from_dict(ClassifierConfig, {**CLASSIFIER_PRESETS["tiny"], "image_size": args.size, "epochs": 15})
+    clf_cfg = from_dict(ClassifierConfig, {**preset_values(ClassifierConfig, "tiny"), "image_size": args.size, "epochs": 15})
     fit(clf_cfg, TrainData(real_dir=out / "data"), out / "classifier")
     model, info = load_classifier(out / "classifier")
     real = load_cache(out / "data", args.size)

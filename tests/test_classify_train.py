@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrisynth.classify import CLASSIFIER_PRESETS, ClassifierConfig, TrainData, evaluate, fit, load_classifier
+from mrisynth.classify import ClassifierConfig, TrainData, evaluate, fit, load_classifier
 from mrisynth.cli import main
 from mrisynth.config import load_config
 from mrisynth.data.manifest import load_manifest, save_manifest
@@ -26,7 +26,7 @@ def one_thread():
 
 def _cfg(*overrides: str) -> ClassifierConfig:
     # 16 px keeps each epoch at a few ms of compute on a shared CPU
-    return load_config(ClassifierConfig, base=CLASSIFIER_PRESETS["tiny"], overrides=["image_size=16", *overrides])
+    return load_config(ClassifierConfig, preset="tiny", overrides=["image_size=16", *overrides])
 
 
 def _records(run_dir):

@@ -55,22 +55,48 @@ def test_resolved_config_round_trips(tmp_path):
     assert load_config(Outer, tmp_path / "config.yaml") == cfg
 
 
-def test_preset_dict_returns_a_copy_and_names_the_choices():
-    from mrisynth.config import preset_dict
+def test_a_nested_section_names_its_own_preset_with_base():
+    from mrisynth.study.config import StudyConfig
 
-    presets = {"tiny": {"epochs": 1}, "full": {"epochs": 90}}
-    assert preset_dict(presets, None, "classifier") == {}
-    got = preset_dict(presets, "tiny", "classifier")
-    got["epochs"] = 5
-    assert presets["tiny"] == {"epochs": 1}  # callers merge into it: the shared preset must not change
-    with pytest.raises(UserError, match="unknown classifier preset 'huge'; use one of tiny, full"):
-        preset_dict(presets, "huge", "classifier")
+    cfg = load_config(StudyConfig, overrides=["classifier.base=tiny", "classifier.epochs=6"])
+    # classifier/tiny.yaml says model tiny, 2 epochs, 32 px; the section's own epochs win over the preset's
+    assert (cfg.classifier.model, cfg.classifier.epochs, cfg.classifier.image_size) == ("tiny", 6, 32)
+    assert cfg.classifier.lr == 1e-3  # untouched by the preset: the ClassifierConfig default
 
 
-def test_the_study_and_the_generator_cli_share_one_preset_lookup():
-    import mrisynth.generate.cli as gen_cli
-    import mrisynth.study.config as study_config
-    from mrisynth.config import preset_dict
+def test_a_base_chain_that_loops_is_a_one_line_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nepochs: 3\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(UserError, match="leads back to itself"):
+        load_config(Outer, tmp_path / "a.yaml")
+    (tmp_path / "self.yaml").write_text("base: self.yaml\n")
+    with pytest.raises(UserError, match="leads back to itself"):
+        load_config(Outer, tmp_path / "self.yaml")
 
-    assert gen_cli.preset_dict is preset_dict and study_config.preset_dict is preset_dict
-    assert not hasattr(gen_cli, "_preset") and not hasattr(study_config, "_preset")
+
+def test_base_in_a_section_without_presets_is_refused():
+    with pytest.raises(UserError, match="'inner.base': this section has no presets"):
+        load_config(Outer, overrides=["inner.base=tiny"])
+
+
+def test_setting_a_key_and_a_key_below_it_is_a_clear_error():
+    with pytest.raises(UserError, match="'epochs' was set to a value earlier"):
+        load_config(Outer, overrides=["epochs=1", "epochs.x=2"])
+
+
+def test_non_utf8_yaml_is_a_clear_error(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("note: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match="is not UTF-8 text"):
+        load_config(Outer, path)
+
+
+def test_config_differences_name_dotted_keys():
+    from mrisynth.config import check_resumable, config_differences
+
+    old = {"a": 1, "inner": {"lr": 0.1, "name": "adam"}, "audit": {"x": 1}}
+    new = {"a": 1, "inner": {"lr": 0.2, "name": "adam"}, "audit": {"x": 2}}
+    assert config_differences(old, new) == ["audit.x", "inner.lr"]
+    assert check_resumable(old, dict(new, inner=old["inner"]), resumable=["audit"], where="R") == ["audit.x"]
+    with pytest.raises(UserError, match=r"R was started with other settings \(inner.lr: 0.1 then, 0.2 now\)"):
+        check_resumable(old, new, resumable=["audit"], where="R")

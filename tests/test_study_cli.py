@@ -17,7 +17,7 @@ def fakes(monkeypatch):
 def _config_file(tmp_path, data_dir):
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({
-        "data": {"manifest": str(data_dir)}, "classifier_preset": "tiny", "ratios": [0, 1], "seeds": [0],
+        "data": {"manifest": str(data_dir)}, "classifier": {"base": "tiny"}, "ratios": [0, 1], "seeds": [0],
         "audit": {"enabled": False}, "bootstrap": 100,
     }))
     return path

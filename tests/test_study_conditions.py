@@ -50,7 +50,7 @@ def test_subsets_are_nested_and_exact_across_the_ladder(allocation):
 def test_pool_size_covers_the_largest_condition_and_respects_the_minimum():
     cfg = StudyConfig()
     assert cond.pool_size_per_class(cfg, REAL) == 4990  # 5 x 998 glioma
-    assert cond.pool_size_per_class(load_config(StudyConfig, "seed"), REAL) == 5000
+    assert cond.pool_size_per_class(load_config(StudyConfig, "seed", overrides=["data.source=/d"]), REAL) == 5000
 
 
 def test_pool_order_is_fixed_and_shuffled():
@@ -92,25 +92,23 @@ def test_bad_settings_are_user_errors(bad):
 
 
 @pytest.mark.parametrize("preset", ["seed", "rigorous", "demo"])
-def test_presets_resolve_against_every_steps_own_config(preset):
-    from mrisynth.study.config import (
-        resolve_audit_config,
-        resolve_classifier_config,
-        resolve_generator_configs,
-        resolve_phantom_config,
-        resolve_prepare_config,
-    )
+def test_presets_resolve_to_every_steps_own_config(preset):
+    from mrisynth.classify.config import ClassifierConfig
+    from mrisynth.data.prepare import PrepareConfig
+    from mrisynth.study.config import classifier_for_trial, sample_config_for_pool
 
-    cfg = load_config(StudyConfig, preset)
-    train, sample = resolve_generator_configs(cfg, n_per_class=7)
-    assert sample.n_per_class == 7
-    clf = resolve_classifier_config(cfg, seed=3)
+    cfg = load_config(StudyConfig, preset, overrides=["data.source=/data/figshare"])
+    assert isinstance(cfg.classifier, ClassifierConfig) and isinstance(cfg.data.prepare, PrepareConfig)
+    sample = sample_config_for_pool(cfg, n_per_class=7)
+    assert sample.n_per_class == 7 and type(sample) is type(cfg.generator.sample)
+    clf = classifier_for_trial(cfg, seed=3)
     assert clf.seed == 3
-    resolve_prepare_config(cfg), resolve_audit_config(cfg), resolve_phantom_config(cfg)
     if preset == "seed":
         assert (clf.model, clf.epochs, sample.mode, sample.steps) == ("resnet50", 100, "img2img", 50)
-        assert resolve_prepare_config(cfg).split.startswith("file:") and cfg.seeds == [42]
+        assert cfg.data.prepare.split.startswith("file:") and cfg.seeds == [42]
     if preset == "rigorous":
-        assert len(cfg.seeds) == 5 and len(cfg.controls) == 3 and sample.steps == 1
-    augmented = resolve_classifier_config(cfg, seed=0, extra=cfg.augment_only_classifier)
+        assert len(cfg.seeds) == 5 and len(cfg.controls) == 3 and clf.optimizer == "adamw"
+    if preset == "demo":
+        assert (clf.model, clf.epochs, cfg.generator.backend, cfg.generator.train.steps) == ("tiny", 6, "ddpm", 1000)
+    augmented = classifier_for_trial(cfg, seed=0, extra=cfg.augment_only_classifier)
     assert augmented.augment.rotation_deg == 30.0

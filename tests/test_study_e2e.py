@@ -11,10 +11,9 @@ from mrisynth.study import StudyConfig, run_study, trial_status
 
 TINY = {
     "data": {"source": "phantom", "phantom": {"patients": 9, "slices_per_patient": 3, "size": 32}},
-    "generator": {"backend": "ddpm", "train_preset": "tiny", "sample_preset": "fast",
-                  "sample": {"steps": 2, "batch_size": 16}},
-    "classifier_preset": "tiny",
-    "classifier": {"epochs": 1, "image_size": 16, "model": "tiny"},
+    "generator": {"backend": "ddpm", "train": {"base": "tiny"},
+                  "sample": {"base": "fast", "steps": 2, "batch_size": 16}},
+    "classifier": {"base": "tiny", "epochs": 1, "image_size": 16, "model": "tiny"},
     "ratios": [0, 1],
     "seeds": [0],
     "controls": ["real-oversampled"],

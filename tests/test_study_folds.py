@@ -64,7 +64,7 @@ def test_prepared_one_based_folds_are_used_as_prepared(tiny_manifest_dir, tmp_pa
 def test_folds_made_in_the_study_keep_trailing_letter_families_together(tiny_manifest_dir, tmp_path, fakes):
     data = _families(tiny_manifest_dir, tmp_path / "plain", prepared_folds=False)
     cfg = small_config(data, folds=3, seeds=[0], ratios=[0, 1])
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, prepare={"group_trailing_letter": True}))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, prepare=dataclasses.replace(cfg.data.prepare, group_trailing_letter=True)))
     run = tmp_path / "run"
     run_study(cfg, run)
     tested = _family_folds(run, 3)

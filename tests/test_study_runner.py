@@ -121,7 +121,7 @@ def fakes(monkeypatch) -> Recorder:
 
 def small_config(data_dir: Path, **changes) -> StudyConfig:
     cfg = from_dict(StudyConfig, {
-        "data": {"manifest": str(data_dir)}, "generator": {"backend": "ddpm"}, "classifier_preset": "tiny",
+        "data": {"manifest": str(data_dir)}, "generator": {"backend": "ddpm"}, "classifier": {"base": "tiny"},
         "ratios": [0, 0.5, 1, 2], "seeds": [0, 1], "audit": {"enabled": False}, "bootstrap": 200,
     })
     return dataclasses.replace(cfg, **changes)

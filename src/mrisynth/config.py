@@ -1,11 +1,18 @@
 """Typed configuration: dataclasses hold the defaults, YAML files list only differences, `--set a.b=v` overrides.
 
-    cfg = load_config(StudyConfig, "seed", overrides=["classifier.epochs=3"])
+    cfg = load_config(StudyConfig, "demo", overrides=["classifier.epochs=3"])
     save_config(cfg, run_dir / "config.yaml")
 
-A YAML file may name another with `base: <name or path>`; its values are applied first. A name without a
-path separator or suffix is looked up among the presets shipped in `mrisynth/configs/`.
-An unknown key or a value of the wrong type is a `UserError` naming the key.
+One preset mechanism: a preset is a YAML file of differences shipped in `mrisynth/configs/<folder>/`, where
+`<folder>` is the `PRESETS` class attribute of the dataclass it configures (e.g. `classifier`, `study`). Any
+mapping, at any depth, may name a preset of its own dataclass with `base: NAME` (or `base: path.yaml`); the
+preset's values are applied first, then the mapping's own. So a study preset can say
+`classifier: {base: tiny, epochs: 6}`. `--preset NAME` on a command is shorthand for `base: NAME`.
+
+A dataclass may choose the types of some of its fields from the data itself (a classmethod
+`config_field_types(data) -> {field: type}`): the generator settings type `train`/`sample` by `backend`.
+An unknown key, a value of the wrong type, a bad `base:` or an out-of-range value is a `UserError` naming the key,
+raised at load, before any work starts. `save_config` writes the fully resolved config (no `base:` left).
 """
 
 from __future__ import annotations
@@ -24,20 +31,39 @@ from mrisynth.files import write_text
 
 T = TypeVar("T")
 PRESET_DIR = Path(__file__).parent / "configs"
+BASE_KEY = "base"
+_MAX_BASE_DEPTH = 16  # a chain longer than this is a loop (a file naming itself, a -> b -> a)
 
 
-def preset_path(name_or_path: str | os.PathLike) -> Path:
-    """Resolve a preset name (`seed`) or a YAML path to an existing file."""
+def preset_folder(cls: type) -> str | None:
+    """The folder under mrisynth/configs/ holding the presets of dataclass `cls` (None: it has none)."""
+    return getattr(cls, "PRESETS", None)
+
+
+def preset_names(folder: str) -> list[str]:
+    """The shipped presets of one folder, e.g. preset_names("classifier") -> ["fast", "seed", "tiny"]."""
+    return sorted(p.stem for p in (PRESET_DIR / folder).glob("*.yaml"))
+
+
+def preset_values(cls: type, name: str) -> dict:
+    """The differences a shipped preset of `cls` lists (its `base:` chain merged), e.g. for tests and benchmarks."""
+    return read_yaml_layers(name, preset_folder(cls) or "")
+
+
+def preset_path(name_or_path: str | os.PathLike, folder: str = "study", *, relative_to: Path | None = None) -> Path:
+    """Resolve a preset name (`seed`, looked up in configs/<folder>/) or a YAML path to an existing file."""
     text = str(name_or_path)
     path = Path(text)
     if path.suffix in (".yaml", ".yml") or os.sep in text:
+        if relative_to is not None and not path.is_absolute():
+            path = relative_to / path
         if not path.is_file():
             raise UserError(f"config file {path} does not exist")
         return path
-    shipped = PRESET_DIR / f"{text}.yaml"
+    shipped = PRESET_DIR / folder / f"{text}.yaml"
     if not shipped.is_file():
-        names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-        raise UserError(f"unknown preset '{text}': use one of {names}, or a path to a .yaml file")
+        names = ", ".join(preset_names(folder)) or "(none shipped)"
+        raise UserError(f"unknown {folder} preset '{text}': use one of {names}, or a path to a .yaml file")
     return shipped
 
 
@@ -48,20 +74,23 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix or delete it") from exc
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; save it as UTF-8") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of keys to values; fix or delete it")
     return data
 
 
-def read_yaml_layers(name_or_path: str | os.PathLike) -> dict:
+def read_yaml_layers(name_or_path: str | os.PathLike, folder: str = "study", *, _seen: tuple = ()) -> dict:
     """Read a YAML config and the chain of `base:` files under it, merged (the file itself wins)."""
-    path = preset_path(name_or_path)
+    path = preset_path(name_or_path, folder, relative_to=Path(_seen[-1]).parent if _seen else None)
+    if str(path.resolve()) in _seen or len(_seen) > _MAX_BASE_DEPTH:
+        raise UserError(f"{path}: its `base:` chain leads back to itself; make it name another preset")
     data = read_yaml_mapping(path)
-    base = data.pop("base", None)
+    base = data.pop(BASE_KEY, None)
     if base is None:
         return data
-    base_ref = base if not str(base).endswith((".yaml", ".yml")) else path.parent / base
-    return merge_dicts(read_yaml_layers(base_ref), data)
+    return merge_dicts(read_yaml_layers(base, folder, _seen=(*_seen, str(path.resolve()))), data)
 
 
 def preset_dict(presets: dict, name: str | None, what: str) -> dict:
@@ -100,16 +129,24 @@ def parse_overrides(overrides: typing.Iterable[str]) -> dict:
             value = raw
         node = out
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        if not all(parts):
+            raise UserError(f"--set {item}: the key has an empty part; write dotted keys like classifier.epochs=3")
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item}: '{'.'.join(parts[:depth + 1])}' was set to a value earlier, "
+                                "so it has no keys; set one or the other")
         node[parts[-1]] = value
     return out
 
 
 def from_dict(cls: type[T], data: dict | None, *, where: str = "") -> T:
-    """Build dataclass `cls` from defaults updated by `data`, checking keys and types."""
-    data = dict(data or {})
+    """Build dataclass `cls` from defaults updated by `data` (after its `base:` preset), checking keys and types."""
+    data = _with_base(cls, dict(data or {}), where)
     hints = typing.get_type_hints(cls)
+    chooser = getattr(cls, "config_field_types", None)
+    if chooser is not None:
+        hints.update(chooser(data))
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -117,11 +154,31 @@ def from_dict(cls: type[T], data: dict | None, *, where: str = "") -> T:
         raise UserError(f"unknown config key '{key}'; valid keys here: {', '.join(sorted(names))}")
     kwargs = {}
     for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        kwargs[f.name] = _coerce(data[f.name], hints[f.name], f"{where}{f.name}")
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], f"{where}{f.name}")
+        elif chooser is not None and f.name in chooser(data):
+            kwargs[f.name] = from_dict(hints[f.name], {}, where=f"{where}{f.name}.")  # the chosen type's defaults
     # Nested dataclasses not mentioned keep their defaults; mentioned ones merge over their defaults.
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UserError as exc:  # a range check in __post_init__: say where in the tree it was
+        if where and not str(exc).startswith(where.rstrip(".")):
+            raise UserError(f"{where.rstrip('.')}: {exc}") from None
+        raise
+
+
+def _with_base(cls: type, data: dict, where: str) -> dict:
+    """`data` merged over the preset its `base:` key names (looked up among the presets of `cls`)."""
+    if BASE_KEY not in data:
+        return data
+    folder = preset_folder(cls)
+    base = data.pop(BASE_KEY)
+    if folder is None:
+        raise UserError(f"config key '{where}{BASE_KEY}': this section has no presets; list its settings instead")
+    if not isinstance(base, str) or not base:
+        raise UserError(f"config key '{where}{BASE_KEY}' must name a {folder} preset: one of "
+                        f"{', '.join(preset_names(folder))}")
+    return merge_dicts(read_yaml_layers(base, folder), data)
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -192,17 +249,53 @@ def to_dict(cfg: Any) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+def config_differences(old: dict, new: dict, *, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs (as `to_dict` gives them)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, prefix=f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def check_resumable(saved: dict, wanted: dict, *, resumable: typing.Iterable[str], where: str) -> list[str]:
+    """The keys that differ between a run's saved config and the one asked for now; a UserError when any of them
+    is not in `resumable` (dotted keys; a section name covers everything under it)."""
+    allowed = tuple(resumable)
+    changed = config_differences(saved, wanted)
+    fixed = [k for k in changed if not any(k == a or k.startswith(f"{a}.") for a in allowed)]
+    if fixed:
+        key = fixed[0]
+        raise UserError(f"{where} was started with other settings ({key}: {_lookup(saved, key)!r} then, "
+                        f"{_lookup(wanted, key)!r} now); rerun with the same --config/--set, or choose a new --out")
+    return changed
+
+
+def _lookup(data: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
 def load_config(
     cls: type[T],
     config: str | os.PathLike | None = None,
     *,
     overrides: typing.Iterable[str] = (),
+    preset: str | None = None,
     base: dict | None = None,
 ) -> T:
-    """Defaults of `cls`, then `base` (e.g. a preset chosen in code), then the YAML file, then `--set` overrides."""
-    data = dict(base or {})
+    """Defaults of `cls`, then the `preset` (a shipped name), then the YAML file, then `--set` overrides.
+
+    `config` is a YAML path or the name of a shipped preset of `cls`. (`base`, a dict of differences applied
+    first, serves the generator CLI's in-code presets until they are YAML files too.)
+    """
+    data: dict = {BASE_KEY: preset} if preset else dict(base or {})
     if config is not None:
-        data = merge_dicts(data, read_yaml_layers(config))
+        data = merge_dicts(data, read_yaml_layers(config, preset_folder(cls) or ""))
     data = merge_dicts(data, parse_overrides(overrides))
     return from_dict(cls, data)
 

@@ -1,12 +1,13 @@
-"""Classifier settings: defaults in code are the reference Keras recipe; presets list only differences.
+"""Classifier settings: defaults in code are the reference Keras recipe; presets (YAML files of differences in
+mrisynth/configs/classifier/: seed, fast, tiny) list only differences.
 
-    cfg = load_config(ClassifierConfig, base=CLASSIFIER_PRESETS["fast"], overrides=["epochs=3"])
+    cfg = load_config(ClassifierConfig, preset="fast", overrides=["epochs=3"])
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 
 @dataclasses.dataclass
@@ -27,9 +28,15 @@ class AugmentConfig:
 class ClassifierConfig:
     """Everything one classifier training run needs besides the data."""
 
+    PRESETS: ClassVar[str] = "classifier"  # shipped presets: mrisynth/configs/classifier/*.yaml
+
     model: str = "resnet50"  # a key of mrisynth.classify.models.MODELS
     weights: str | None = None  # None (from scratch) | "imagenet" | path to .pth/.safetensors
     image_size: int = 224
+    # Intensity normalisation of every image the classifier sees (data/normalize.py): none (x / 255, the reference
+    # recipe) | percentile | percentile:LO-HI | zscore. Applied alike to real, synthetic and external images.
+    normalize: str = "none"
+    fit: Literal["resize", "letterbox"] = "resize"  # non-square images: squash to the square, or keep aspect and pad
     epochs: int = 100
     batch_size: int = 16  # global batch per optimizer step, whatever the number of processes
     grad_accum_steps: int = 1  # micro-batches per step on each process (batch_size / (processes x this) each)
@@ -56,30 +63,3 @@ class ClassifierConfig:
     deterministic: bool = True  # deterministic kernels (CPU results repeat exactly)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     samples_per_epoch: int | None = None  # None = training-set size; TrainData.samples_per_epoch wins when set
-
-
-CLASSIFIER_PRESETS: dict[str, dict] = {
-    # The reference recipe: the defaults above (ResNet50 from scratch, 224 px, Adam 1e-3, batch 16, <= 100 epochs,
-    # early stopping patience 5 with best weights, LR x0.5 on plateau patience 3 down to 1e-7).
-    "seed": {},
-    # A modern recipe with the same augmentation family, built for throughput on a GPU.
-    "fast": {
-        "optimizer": "adamw",
-        "lr": 2e-3,
-        "weight_decay": 0.05,
-        "batch_size": 256,
-        "eval_batch_size": 512,
-        "epochs": 40,
-        "schedule": "cosine",
-        "warmup_epochs": 2,
-        "min_lr": 1e-6,
-        "early_stopping_patience": 10,
-        "label_smoothing": 0.1,
-        "amp": True,
-        "channels_last": True,
-        "compile": True,
-        "deterministic": False,
-    },
-    # Seconds on a CPU: for tests and demos.
-    "tiny": {"model": "tiny", "image_size": 32, "epochs": 2, "batch_size": 8, "eval_batch_size": 64},
-}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 Device = Literal["auto", "cpu", "cuda"]
 Sampler = Literal["ddim", "dpm++"]
@@ -12,6 +12,8 @@ Sampler = Literal["ddim", "dpm++"]
 @dataclasses.dataclass
 class TrainConfig:
     """Training a class-conditional pixel-space UNet on the train split of a prepared data folder."""
+
+    PRESETS: ClassVar[str] = "ddpm-train"  # shipped presets: mrisynth/configs/ddpm-train/*.yaml
 
     image_size: int = 64  # square, 32..256 (a multiple of 2 ** (len(channels) - 1))
     fit: Literal["resize", "letterbox"] = "resize"
@@ -35,6 +37,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # ramped up from 0 early on, so a short run still has a usable EMA
     p_uncond: float = 0.1  # label dropout: share of batches' labels replaced by "no class" for guidance
+    # Loss options, off until measured: Min-SNR-gamma weighting (5 in the paper) and offset noise (~0.05; MRI
+    # slices are mostly black background, which plain noise barely teaches a model to reach).
+    snr_gamma: float = 0.0
+    noise_offset: float = 0.0
     hflip: bool = True
     seed: int = 0
     device: Device = "auto"
@@ -44,18 +50,33 @@ class TrainConfig:
     checkpoint_every: int = 200
     grid_every: int = 500  # a PNG grid (one row per class) from the EMA model; 0 = only at the end
     grid_per_class: int = 8
-    grid_steps: int = 20
+    grid_steps: int = 20  # steps of the grid's sampler (the sampling recipe's scheduler and guidance)
+    # The sampling recipe grids and validation draw with: a SAMPLE_PRESETS name, "" = SampleConfig's defaults.
+    sample_preset: str = ""
+    # Validation while training (needs a validation function; the CLI and the study pass one): every val_every
+    # steps draw val_per_class images per class with the recipe and log val_* metrics; keep_best ("", val_fd,
+    # val_kid or val_tstr_acc) makes the best-scoring EMA weights the generator instead of the last ones.
+    val_every: int = 0
+    val_per_class: int = 16
+    keep_best: str = ""
 
 
 @dataclasses.dataclass
 class SampleConfig:
     """Drawing a labelled synthetic set from a trained DDPM generator."""
 
+    PRESETS: ClassVar[str] = "ddpm-sample"  # shipped presets: mrisynth/configs/ddpm-sample/*.yaml
+
     n_per_class: int = 100
+    # Per-class counts ({class: n}); when given they replace n_per_class and `classes` (a class left out gets
+    # none), so a pool holds what proportional conditions need rather than the largest class's count for all.
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
     classes: list[str] = dataclasses.field(default_factory=list)  # empty = every class
     sampler: Sampler = "dpm++"
     steps: int = 20
-    guidance: float = 2.0  # classifier-free guidance scale; 1.0 = conditional model alone (half the work)
+    # Classifier-free guidance scale: 1 = off (the conditional model alone, half the work), > 1 = on; below 1
+    # is refused (at 0 the images would be unconditional yet labelled by class). The same rule as the SD backend.
+    guidance: float = 2.0
     batch_size: int = 64
     seed: int = 0  # each image gets its own seed derived from (seed, class, index)
     device: Device = "auto"

@@ -12,7 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from mrisynth.generate.validation import ValidationFn
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
 DEFAULT_PROMPT = "a T1-weighted contrast-enhanced brain MRI slice showing {cls}"
@@ -21,6 +24,8 @@ DEFAULT_PROMPT = "a T1-weighted contrast-enhanced brain MRI slice showing {cls}"
 @dataclasses.dataclass
 class TrainConfig:
     """Fine-tuning settings. Defaults follow the reference run: full UNet, AdamW 1e-5, batch 8, 256 px."""
+
+    PRESETS: ClassVar[str] = "sd-train"  # shipped presets: mrisynth/configs/sd-train/*.yaml
 
     model: str = DEFAULT_MODEL  # a Hugging Face id (read from the local cache only) or a local pipeline folder
     mode: Literal["full", "lora"] = "full"
@@ -40,27 +45,45 @@ class TrainConfig:
     flip: bool = True  # horizontal flips, cached as a second set of latents
     gradient_checkpointing: bool = False
     ema: bool = False  # keep an exponential moving average of the trained weights and save that
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # ramped up from 0 early on (as in the DDPM backend), so short runs are not untuned
+    # Loss options, off until measured on MRI: Min-SNR-gamma weighting (5 is the paper's value) and offset noise
+    # (about 0.05 lets the model darken a whole image: MRI slices are mostly black background).
+    snr_gamma: float = 0.0
+    noise_offset: float = 0.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a GPU, fp32 on the CPU
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 250
     sample_every: int = 500  # a grid PNG (one image per class) every N steps; 0 = never
+    # Grids and validation draw with this sampling recipe (a SAMPLE_PRESETS name; "" = SampleConfig's defaults),
+    # so what training shows is what `generator sample` will make.
+    sample_preset: str = ""
+    # Validation while training (needs a validation function, which the CLI and the study pass): every
+    # `val_every` steps draw `val_per_class` images per class, log val_* metrics; keep_best: "", val_fd, val_kid
+    # or val_tstr_acc saves the best-scoring weights as the generator instead of the last ones.
+    val_every: int = 0
+    val_per_class: int = 16
+    keep_best: str = ""
     device: str = "auto"
 
 
 @dataclasses.dataclass
 class SampleConfig:
-    """Sampling settings. `turbo` and `seed` presets below; defaults are the turbo preset."""
+    """Sampling settings. Defaults are the `finetuned` preset: what a fine-tuned generator supports (see below)."""
+
+    PRESETS: ClassVar[str] = "sd-sample"  # shipped presets: mrisynth/configs/sd-sample/*.yaml
 
     n_per_class: int = 100
+    # Per-class counts ({class: n}); when given they replace n_per_class (a class left out gets no images), so a
+    # pool can hold what the study's proportional conditions need instead of the largest class's count for all.
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
     mode: Literal["text2img", "img2img"] = "text2img"
-    steps: int = 1
-    # Classifier-free guidance scale; <= 1 turns guidance off (one UNet pass per step, the conditional model alone),
-    # which each image's provenance records as guidance 1.0: the scale that was effectively applied.
-    guidance: float = 0.0
+    steps: int = 30
+    # Classifier-free guidance scale: 1 = off (one UNet pass per step, the conditional model alone), > 1 = on;
+    # below 1 is refused (SD-Turbo's guidance_scale=0 is 1 here). The same rule as the DDPM backend.
+    guidance: float = 2.0
     strength: float = 0.75  # img2img only: how much of the source image's noise schedule is replayed
-    scheduler: Literal["euler_ancestral", "euler", "ddim"] = "euler_ancestral"
+    scheduler: Literal["euler_ancestral", "euler", "ddim"] = "euler"
     timestep_spacing: Literal["trailing", "leading", "linspace"] = "trailing"
     size: int | None = None  # PNG size in pixels; None = the training size
     batch_size: int = 16
@@ -81,8 +104,16 @@ TRAIN_PRESETS: dict[str, dict] = {
              "sample_every": 0, "log_every": 1},
 }
 
+# Sampling recipes. After fine-tuning, SD-Turbo is no longer the adversarially distilled 1-step model of its
+# model card: a plain denoising (MSE) fine-tune teaches it the posterior mean, so its 1-step output is a blur of
+# many training images (an MSE-optimal denoiser on phantom slices averaged ~107 of them at 0.31x the real
+# sharpness). Multi-step sampling is what such a denoiser supports; caption dropout trained the unconditional
+# branch, so guidance works too. `turbo` stays for an un-tuned model or an LCM/ADD re-distilled one, and every
+# 1-4 step run after a fine-tune logs a warning.
 SAMPLE_PRESETS: dict[str, dict] = {
-    "turbo": {"mode": "text2img", "steps": 1, "guidance": 0.0, "scheduler": "euler_ancestral",
+    # The default: 30 Euler steps on trailing timesteps with moderate guidance 2 (deterministic given the noise).
+    "finetuned": {"mode": "text2img", "steps": 30, "guidance": 2.0, "scheduler": "euler", "timestep_spacing": "trailing"},
+    "turbo": {"mode": "text2img", "steps": 1, "guidance": 1.0, "scheduler": "euler_ancestral",
               "timestep_spacing": "trailing"},
     # The reference protocol: img2img from a random training image of the same class.
     "seed": {"mode": "img2img", "steps": 50, "guidance": 7.5, "strength": 0.75, "scheduler": "euler",
@@ -90,11 +121,21 @@ SAMPLE_PRESETS: dict[str, dict] = {
 }
 
 
-def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Fine-tune on the train split of `data_dir`; writes a generator folder to `out_dir` (see sd_train)."""
+def sample_recipe(preset: str) -> SampleConfig:
+    """The SampleConfig of a SAMPLE_PRESETS name ("" = the defaults): the recipe training previews draw with."""
+    from mrisynth.config import from_dict, preset_dict
+
+    return from_dict(SampleConfig, preset_dict(SAMPLE_PRESETS, preset or None, "sd sampling"))
+
+
+def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+              validate: ValidationFn | None = None) -> Path:
+    """Fine-tune on the train split of `data_dir`; writes a generator folder to `out_dir` (see sd_train).
+
+    `validate(images, labels) -> {"val_...": float}` scores a small draw every `cfg.val_every` steps."""
     from mrisynth.generate.sd_train import train_sd
 
-    return train_sd(cfg, data_dir=data_dir, out_dir=out_dir)
+    return train_sd(cfg, data_dir=data_dir, out_dir=out_dir, validate=validate)
 
 
 def run_sample(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | os.PathLike) -> Path:

@@ -31,27 +31,27 @@ import numpy as np
 from mrisynth.data.manifest import ImageRecord, class_counts
 from mrisynth.seeding import derive_seed
 from mrisynth.study.config import StudyConfig
+from mrisynth.study.names import AUGMENT_ONLY, RATIO, REAL_OVERSAMPLED, SYNTHETIC_ONLY, condition_name
 
 
 @dataclasses.dataclass(frozen=True)
 class Condition:
-    """One training recipe; `kind` is "ratio" or one of the controls."""
+    """One training recipe; `kind` is names.RATIO or one of names.CONTROLS."""
 
     kind: str
     ratio: float
 
     @property
     def name(self) -> str:
-        r = f"{self.ratio:g}"
-        return f"r{r}" if self.kind == "ratio" else f"{self.kind}-r{r}"
+        return condition_name(self.kind, self.ratio)
 
     @property
     def uses_synthetic(self) -> bool:
-        return self.kind in ("ratio", "synthetic-only") and self.ratio > 0
+        return self.kind in (RATIO, SYNTHETIC_ONLY) and self.ratio > 0
 
     @property
     def uses_real(self) -> bool:
-        return self.kind != "synthetic-only"
+        return self.kind != SYNTHETIC_ONLY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Trial:
 
 def build_conditions(cfg: StudyConfig) -> list[Condition]:
     """The ratio ladder (ascending) followed by the controls at each control ratio."""
-    out = [Condition("ratio", float(r)) for r in sorted({float(r) for r in cfg.ratios})]
+    out = [Condition(RATIO, float(r)) for r in sorted({float(r) for r in cfg.ratios})]
     for kind in cfg.controls:
         out += [Condition(kind, float(r)) for r in sorted({float(r) for r in cfg.control_ratios})]
     return out
@@ -146,9 +146,9 @@ def build_training_set(
             synthetic_ids += available[:n]
     samples_per_epoch = None
     overrides: dict = {}
-    if condition.kind in ("real-oversampled", "augment-only"):
+    if condition.kind in (REAL_OVERSAMPLED, AUGMENT_ONLY):
         samples_per_epoch = round_half_up(len(real_ids) * (1 + condition.ratio))
-    if condition.kind == "augment-only":
+    if condition.kind == AUGMENT_ONLY:
         overrides = dict(cfg.augment_only_classifier)
     if not condition.uses_real:
         real_ids = []

@@ -1,19 +1,43 @@
-"""StudyConfig: everything one study run needs, composed from the settings of each step.
+"""StudyConfig: one typed tree holding every step's own settings dataclass, validated when it is loaded.
 
-The settings of other steps (data preparation, generator training and sampling, the classifier, the audit) are
-kept here as a preset name plus a dict of differences, and validated against that step's own dataclass when the
-study resolves them (`resolve_*` below). The study config thus never duplicates another step's defaults.
+    cfg = load_config(StudyConfig, "demo", overrides=["classifier.epochs=3"])   # configs/study/demo.yaml
+
+Each section is the dataclass its step uses on its own (`data.prepare` is a PrepareConfig, `classifier` a
+ClassifierConfig, `generator.train` the chosen backend's TrainConfig, ...), so a typo or a wrong type at any depth
+fails at load with the key's name, before any file is written, and the run's config.yaml is exactly what ran.
+Sections name presets of their own step with `base:` (see mrisynth.config), e.g. `classifier: {base: tiny}`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from mrisynth.config import from_dict, merge_dicts, preset_dict
+from mrisynth.classify.config import ClassifierConfig
+from mrisynth.config import from_dict, merge_dicts, to_dict
+from mrisynth.data.phantom import PhantomConfig
+from mrisynth.data.prepare import PrepareConfig
 from mrisynth.errors import UserError
+from mrisynth.generate import ddpm_config, sd
+from mrisynth.quality.audit import AuditConfig
+from mrisynth.study.names import BASELINE, CONTROLS
 
-CONTROLS = ("synthetic-only", "real-oversampled", "augment-only")
+PHANTOM = "phantom"
+# The backends' settings classes, by `generator.backend` (the modules holding them import nothing heavy).
+GENERATOR_CONFIGS: dict[str, tuple[type, type]] = {
+    "ddpm": (ddpm_config.TrainConfig, ddpm_config.SampleConfig),
+    "sd": (sd.TrainConfig, sd.SampleConfig),
+}
+GET_DATA_HINT = ("get the Figshare data with `mrisynth data download figshare --out raw`, then add "
+                 "--set data.source=raw/mat (your own copy: its folder; a folder `data prepare` wrote: "
+                 "--set data.manifest=FOLDER)")
+
+# Settings that may differ when a run is resumed: they change how fast or how loudly work is done, or only what
+# the report computes from finished trials, never what a trial learned from.
+RESUMABLE_SETTINGS = (
+    "alpha", "bootstrap", "audit", "classifier.device", "classifier.eval_batch_size",
+    "generator.train.device", "generator.train.log_every", "generator.sample.device",
+)
 
 
 @dataclasses.dataclass
@@ -24,49 +48,75 @@ class DataSettings:
     `manifest`: reuse an already prepared folder (its manifest.csv) instead of preparing; wins over `source`.
     """
 
-    source: str = "phantom"
+    source: str = PHANTOM
     manifest: str = ""
-    prepare: dict = dataclasses.field(default_factory=dict)  # PrepareConfig differences
-    phantom: dict = dataclasses.field(default_factory=dict)  # PhantomConfig differences (source=phantom)
+    prepare: PrepareConfig = dataclasses.field(default_factory=PrepareConfig)
+    phantom: PhantomConfig = dataclasses.field(default_factory=PhantomConfig)  # used when source is "phantom"
+
+    def __post_init__(self) -> None:
+        if not self.source and not self.manifest:
+            raise UserError(f"data.source is not set (this preset needs real images): {GET_DATA_HINT}")
 
 
 @dataclasses.dataclass
 class GeneratorSettings:
-    """Which generator makes the synthetic pool, and how it is trained and sampled."""
+    """Which generator makes the synthetic pool, and how it is trained (`train`) and sampled (`sample`).
 
-    backend: str = "ddpm"
+    `train` and `sample` are the chosen backend's own TrainConfig and SampleConfig; `sample.n_per_class` is
+    replaced by what the conditions need (or `pool_per_class`).
+    """
+
+    backend: Literal["ddpm", "sd"] = "ddpm"
     existing: str = ""  # a trained generator folder to reuse (skips training; not with folds)
-    train_preset: str | None = None
-    train: dict = dataclasses.field(default_factory=dict)  # backend TrainConfig differences
-    sample_preset: str | None = None
-    sample: dict = dataclasses.field(default_factory=dict)  # backend SampleConfig differences
+    train: Any = None
+    sample: Any = None
     pool_per_class: int = 0  # 0: just enough images per class for the largest condition
+
+    @classmethod
+    def config_field_types(cls, data: dict) -> dict[str, type]:
+        """`train` and `sample` take the types of the backend named in `data` (default ddpm)."""
+        backend = data.get("backend", "ddpm")
+        train, sample = GENERATOR_CONFIGS.get(backend, GENERATOR_CONFIGS["ddpm"])
+        return {"train": train, "sample": sample}
+
+    def __post_init__(self) -> None:
+        train, sample = GENERATOR_CONFIGS[self.backend]
+        self.train = self.train if self.train is not None else train()
+        self.sample = self.sample if self.sample is not None else sample()
+        if not isinstance(self.train, train) or not isinstance(self.sample, sample):
+            raise UserError(f"generator.train/sample must be {self.backend} settings")
+        if self.pool_per_class < 0:
+            raise UserError("generator.pool_per_class must be >= 0 (0: as many as the conditions need)")
 
 
 @dataclasses.dataclass
 class AuditSettings:
     enabled: bool = True
-    settings: dict = dataclasses.field(default_factory=dict)  # AuditConfig differences
+    settings: AuditConfig = dataclasses.field(default_factory=AuditConfig)
+
+
+# Classifier differences applied on top of `classifier` for the augment-only control only: by default a stronger
+# version of the same augmentation family (wider rotation, shift, shear and zoom).
+STRONGER_AUGMENTATION = {"augment": {"enabled": True, "rotation_deg": 30.0, "shift": 0.15, "shear_deg": 15.0,
+                                     "zoom": 0.3}}
 
 
 @dataclasses.dataclass
 class StudyConfig:
     """A ratio ladder x seeds (x folds) study; see study/conditions.py for what each condition trains on."""
 
+    PRESETS: ClassVar[str] = "study"
+
     data: DataSettings = dataclasses.field(default_factory=DataSettings)
     generator: GeneratorSettings = dataclasses.field(default_factory=GeneratorSettings)
-    classifier_preset: str = "fast"
-    classifier: dict = dataclasses.field(default_factory=dict)  # ClassifierConfig differences
+    classifier: ClassifierConfig = dataclasses.field(default_factory=ClassifierConfig)
     ratios: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0])
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
     folds: int = 0  # 0: use the manifest's train/val/test split; k >= 3: patient-wise k-fold cross-validation
     allocation: Literal["proportional", "balanced"] = "proportional"
-    controls: list[str] = dataclasses.field(default_factory=list)  # any of CONTROLS
+    controls: list[str] = dataclasses.field(default_factory=list)  # any of names.CONTROLS
     control_ratios: list[float] = dataclasses.field(default_factory=lambda: [1.0])
-    # Classifier differences applied on top of `classifier` for the augment-only control only: by default a
-    # stronger version of the same augmentation family (wider rotation, shift, shear and zoom).
-    augment_only_classifier: dict = dataclasses.field(default_factory=lambda: {
-        "augment": {"enabled": True, "rotation_deg": 30.0, "shift": 0.15, "shear_deg": 15.0, "zoom": 0.3}})
+    augment_only_classifier: dict = dataclasses.field(default_factory=lambda: dict(STRONGER_AUGMENTATION))
     audit: AuditSettings = dataclasses.field(default_factory=AuditSettings)
     alpha: float = 0.05  # family-wise error rate of the verdicts (Holm-corrected)
     bootstrap: int = 2000  # bootstrap resamples for confidence intervals and paired tests
@@ -75,10 +125,11 @@ class StudyConfig:
         if not self.ratios or any(r < 0 for r in self.ratios):
             raise UserError("ratios must be a non-empty list of numbers >= 0, e.g. [0, 0.5, 1, 2]")
         if 0.0 not in [float(r) for r in self.ratios]:
-            raise UserError("ratios must include 0 (real only): it is the baseline every condition is compared to")
+            raise UserError(f"ratios must include 0 (real only, condition {BASELINE}): it is the baseline every "
+                            "condition is compared to")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UserError("seeds must be a non-empty list of distinct integers, e.g. [0, 1, 2]")
-        if self.folds == 1 or self.folds == 2 or self.folds < 0:
+        if self.folds in (1, 2) or self.folds < 0:
             raise UserError("folds must be 0 (use the manifest split) or at least 3 (train, val and test folds)")
         unknown = [c for c in self.controls if c not in CONTROLS]
         if unknown:
@@ -89,49 +140,19 @@ class StudyConfig:
             raise UserError("generator.existing cannot be used with folds: each fold trains its own generator")
         if not 0 < self.alpha < 1:
             raise UserError("alpha must be between 0 and 1, e.g. 0.05")
+        if self.bootstrap < 100:
+            raise UserError("bootstrap must be at least 100 resamples (2000 is the default)")
+        classifier_for_trial(self, seed=0, extra=self.augment_only_classifier, where="augment_only_classifier.")
 
 
-def resolve_generator_configs(cfg: StudyConfig, *, n_per_class: int) -> tuple[object, object]:
-    """The backend's (TrainConfig, SampleConfig) from preset + differences; the pool size is set here."""
-    from mrisynth.generate import backend_module
-
-    backend = backend_module(cfg.generator.backend)
-    g = cfg.generator
-    train = from_dict(
-        backend.TrainConfig,
-        merge_dicts(preset_dict(backend.TRAIN_PRESETS, g.train_preset, "generator training"), g.train),
-        where="generator.train.",
-    )
-    sample_data = merge_dicts(preset_dict(backend.SAMPLE_PRESETS, g.sample_preset, "generator sampling"), g.sample)
-    sample_data["n_per_class"] = n_per_class
-    sample = from_dict(backend.SampleConfig, sample_data, where="generator.sample.")
-    return train, sample
+def classifier_for_trial(cfg: StudyConfig, *, seed: int, extra: dict | None = None,
+                         where: str = "classifier.") -> ClassifierConfig:
+    """The ClassifierConfig of one trial: `classifier`, then `extra` differences, with the trial's seed."""
+    data = merge_dicts(to_dict(cfg.classifier), extra or {})
+    data["seed"] = seed  # the trial's seed wins: the same seed in every condition keeps the runs paired
+    return from_dict(ClassifierConfig, data, where=where)
 
 
-def resolve_classifier_config(cfg: StudyConfig, *, seed: int, extra: dict | None = None) -> object:
-    """The ClassifierConfig of one trial: preset, then `classifier`, then `extra`, with the trial's seed."""
-    from mrisynth.classify import CLASSIFIER_PRESETS, ClassifierConfig
-
-    data = merge_dicts(preset_dict(CLASSIFIER_PRESETS, cfg.classifier_preset, "classifier"), cfg.classifier)
-    data = merge_dicts(data, extra or {})
-    data["seed"] = seed  # the trial's seed wins over any seed in the preset or the differences
-    return from_dict(ClassifierConfig, data, where="classifier.")
-
-
-def resolve_prepare_config(cfg: StudyConfig) -> object:
-    from mrisynth.data.prepare import PrepareConfig
-
-    data = dict(cfg.data.prepare)
-    return from_dict(PrepareConfig, data, where="data.prepare.")
-
-
-def resolve_phantom_config(cfg: StudyConfig) -> object:
-    from mrisynth.data.phantom import PhantomConfig
-
-    return from_dict(PhantomConfig, cfg.data.phantom, where="data.phantom.")
-
-
-def resolve_audit_config(cfg: StudyConfig) -> object:
-    from mrisynth.quality import AuditConfig
-
-    return from_dict(AuditConfig, cfg.audit.settings, where="audit.settings.")
+def sample_config_for_pool(cfg: StudyConfig, *, n_per_class: int) -> Any:
+    """The backend's SampleConfig with the pool size the conditions need."""
+    return dataclasses.replace(cfg.generator.sample, n_per_class=n_per_class)

@@ -28,7 +28,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from mrisynth.config import save_config, to_dict
+from mrisynth.config import check_resumable, save_config, to_dict
 from mrisynth.data.manifest import (
     MANIFEST_NAME,
     class_counts,
@@ -39,13 +39,13 @@ from mrisynth.errors import UserError
 from mrisynth.files import ensure_writable_dir, read_json, write_json
 from mrisynth.study import conditions as cond
 from mrisynth.study.config import (
+    PHANTOM,
+    RESUMABLE_SETTINGS,
     StudyConfig,
-    resolve_audit_config,
-    resolve_classifier_config,
-    resolve_generator_configs,
-    resolve_phantom_config,
-    resolve_prepare_config,
+    classifier_for_trial,
+    sample_config_for_pool,
 )
+from mrisynth.study.names import RATIO
 from mrisynth.study.splits import check_generator_fits_split, fold_data_dir
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def run_study(
     if cfg.audit.enabled and index == 0:
         with _timed(timings, "audit"):
             fold_dir, pool_dir = pools[folds[0]]
-            baseline = run / "trials" / cond.Trial(cond.Condition("ratio", 0.0), cfg.seeds[0], folds[0]).name
+            baseline = run / "trials" / cond.Trial(cond.Condition(RATIO, 0.0), cfg.seeds[0], folds[0]).name
             run_quality_audit(cfg, run, real_dir=fold_dir, pool_dir=pool_dir, classifier_dir=baseline)
 
     all_done = all((run / "trials" / t.name / RESULT).is_file() for t in trials)
@@ -129,15 +129,15 @@ def prepare_data(cfg: StudyConfig, run: Path) -> Path:
         from mrisynth.data.prepare import run_prepare
 
         source: str | Path = cfg.data.source
-        if cfg.data.source == "phantom":
+        if cfg.data.source == PHANTOM:
             from mrisynth.data.phantom import run_phantom
 
             log.info("making the phantom data set")
-            source = run_phantom(resolve_phantom_config(cfg), run / "phantom")
+            source = run_phantom(cfg.data.phantom, run / "phantom")
         elif not Path(cfg.data.source).exists():
             raise UserError(f"data.source {cfg.data.source} does not exist; give a data folder, or 'phantom'")
         log.info("preparing data from %s", source)
-        run_prepare(source, data_dir, resolve_prepare_config(cfg))
+        run_prepare(source, data_dir, cfg.data.prepare)
     return data_dir
 
 
@@ -154,9 +154,8 @@ def train_generator(cfg: StudyConfig, run: Path, data_dir: Path, fold: int) -> P
         if not (gen_dir / STAGE_DONE).is_file():
             from mrisynth.generate import backend_module
 
-            train_cfg, _ = resolve_generator_configs(cfg, n_per_class=1)
             log.info("training the %s generator%s", cfg.generator.backend, f" for fold {fold}" if fold >= 0 else "")
-            backend_module(cfg.generator.backend).run_train(train_cfg, data_dir=data_dir, out_dir=gen_dir)
+            backend_module(cfg.generator.backend).run_train(cfg.generator.train, data_dir=data_dir, out_dir=gen_dir)
             write_json(gen_dir / STAGE_DONE, {"fold": fold, "finished": time.time()})
     return gen_dir
 
@@ -170,7 +169,7 @@ def generate_pool(cfg: StudyConfig, run: Path, gen_dir: Path, data_dir: Path, fo
         if not (pool_dir / STAGE_DONE).is_file():
             from mrisynth.generate import backend_module, read_generator_info
 
-            _, sample_cfg = resolve_generator_configs(cfg, n_per_class=n_per_class)
+            sample_cfg = sample_config_for_pool(cfg, n_per_class=n_per_class)
             backend = backend_module(read_generator_info(gen_dir).get("backend", cfg.generator.backend))
             log.info("generating the synthetic pool: %d images per class", n_per_class)
             backend.run_sample(gen_dir, sample_cfg, out_dir=pool_dir)
@@ -201,7 +200,7 @@ def run_trial(cfg: StudyConfig, run: Path, trial: cond.Trial, *, data_dir: Path,
         tset = cond.build_training_set(trial.condition, real_train, order, cfg=cfg)
         chosen = set(tset.synthetic_ids)
         seed = trial.seed  # the same classifier seed in every condition (and fold): paired runs
-        clf_cfg = resolve_classifier_config(cfg, seed=seed, extra=tset.classifier_overrides)
+        clf_cfg = classifier_for_trial(cfg, seed=seed, extra=tset.classifier_overrides)
         write_json(trial_dir / "trial.json", {
             "condition": trial.condition.name, "kind": trial.condition.kind, "ratio": trial.condition.ratio,
             "seed": trial.seed, "fold": trial.fold, "classifier_seed": seed,
@@ -239,7 +238,7 @@ def run_quality_audit(cfg: StudyConfig, run: Path, *, real_dir: Path, pool_dir: 
         from mrisynth.quality import run_audit
 
         clf = classifier_dir if (classifier_dir / RESULT).is_file() else None
-        run_audit(resolve_audit_config(cfg), real_dir=real_dir, synthetic_dir=pool_dir, out_dir=out,
+        run_audit(cfg.audit.settings, real_dir=real_dir, synthetic_dir=pool_dir, out_dir=out,
                   classifier_dir=clf)
 
 
@@ -284,12 +283,15 @@ def trial_status(run: str | os.PathLike) -> dict[str, str]:
 
 
 def _check_or_save_config(cfg: StudyConfig, run: Path) -> None:
-    """A run directory belongs to one config: resuming with another would mix incomparable trials."""
+    """A run directory belongs to one config: resuming with another would mix incomparable trials.
+
+    Only the settings in RESUMABLE_SETTINGS may change on resume; config.yaml then holds the new values.
+    """
     path = run / "config.yaml"
     if path.is_file():
-        if to_dict(load_run_config(run)) != to_dict(cfg):
-            raise UserError(f"{run} was started with a different config (see {path}); "
-                            "rerun with the same --config/--set, or choose a new --out")
+        saved = to_dict(load_run_config(run))
+        if check_resumable(saved, to_dict(cfg), resumable=RESUMABLE_SETTINGS, where=str(run)):
+            save_config(cfg, path)
         return
     save_config(cfg, path)
 

@@ -18,7 +18,7 @@ from mrisynth.data.manifest import (
 )
 from mrisynth.data.splits import split_by_folds
 from mrisynth.errors import UserError
-from mrisynth.study.config import StudyConfig, resolve_prepare_config
+from mrisynth.study.config import StudyConfig
 
 
 def fold_data_dir(cfg: StudyConfig, run: Path, data_dir: Path, fold: int) -> Path:
@@ -45,7 +45,7 @@ def _patient_folds(cfg: StudyConfig, records: list[ImageRecord]) -> dict[str, in
     values, e.g. cvind's 1..k, mapped to 0..k-1), else made here by `split_by_folds` with this study's prepare
     settings (seed, tolerance, group_trailing_letter): whole persons per fold, class shares balanced."""
     k = cfg.folds
-    prep = resolve_prepare_config(cfg)
+    prep = cfg.data.prepare
     with_folds = split_by_folds([dataclasses.replace(r) for r in records], seed=prep.seed, n_folds=k,
                                 tolerance=prep.tolerance, group_trailing_letter=prep.group_trailing_letter)
     values = sorted({r.fold for r in with_folds})
