@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mrisynth.errors import UserError
-from mrisynth.files import atomic_path
+from mrisynth.files import atomic_path, storage_error
 
 
 def save_weights(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
@@ -28,27 +29,56 @@ def save_weights(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> P
     path = Path(path)
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(cpu, str(tmp))
+        try:
+            save_file(cpu, str(tmp))
+        except Exception as exc:  # safetensors reports a full disk as its own error type, "... (os error 28)"
+            _raise_storage_error(exc, path)
     return path
 
 
-def load_weights(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Load safetensors weights; a damaged file is a UserError telling the user to delete it."""
+def load_weights(
+    path: str | os.PathLike, *, device: str | torch.device = "cpu", remedy: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Load safetensors weights; a damaged file is a one-line UserError ending in `remedy` (what to do about it).
+
+    The default remedy suits a file a rerun rewrites; callers whose file a rerun would not rewrite say what will.
+    """
     path = Path(path)
+    remedy = remedy or "delete it and rerun the step that wrote it"
     if not path.is_file():
-        raise UserError(f"weights file {path} does not exist")
+        raise UserError(f"weights file {path} does not exist; {remedy}")
     try:
         return load_file(str(path), device=str(device))
     except Exception as exc:  # safetensors raises its own error types for truncated/garbled files
-        raise UserError(f"weights file {path} is corrupted ({exc}); delete it and rerun to recompute it") from exc
+        raise UserError(f"weights file {path} is corrupted ({exc}); {remedy}") from exc
 
 
 def save_state(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Save a training state dict (optimizer, counters, RNG) atomically with torch.save."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            # Through a Python file, so that a failed write keeps its OSError (torch wraps it in a RuntimeError).
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+        except RuntimeError as exc:
+            _raise_storage_error(exc, path)
     return path
+
+
+def _raise_storage_error(exc: Exception, path: Path) -> None:
+    """Re-raise a failed save as the one-line storage error behind it (disk full, quota, ...), else unchanged."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        os_error = cause if isinstance(cause, OSError) else None
+        found = re.search(r"os error (\d+)", str(cause))
+        if os_error is None and found:
+            os_error = OSError(int(found.group(1)), os.strerror(int(found.group(1))))
+        error = storage_error(os_error, path) if os_error is not None else None
+        if error is not None:
+            raise error from exc
+        cause = cause.__cause__ or cause.__context__
+    raise exc
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:

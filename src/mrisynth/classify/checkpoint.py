@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from mrisynth.classify.models import build_classifier
 from mrisynth.config import from_dict
 from mrisynth.data.manifest import CLASSES_NAME, load_classes, save_classes
 from mrisynth.errors import UserError
-from mrisynth.files import read_json
+from mrisynth.files import claim_output_dir, read_json
 
 BEST_NAME = "best.safetensors"
 LAST_NAME = "last.pt"
@@ -40,7 +41,28 @@ def save_best(model: nn.Module, run_dir: Path, *, classes: list[str]) -> None:
 
 def load_best(model: nn.Module, run_dir: Path) -> None:
     """Load RUN/best.safetensors into `model` (strict: the run's own architecture)."""
-    model.load_state_dict(checkpoint.load_weights(run_dir / BEST_NAME))
+    # A rerun does not rewrite the best epoch's weights (resuming trains no epoch again): only a fresh run can.
+    remedy = f"the best epoch's weights cannot be rebuilt: delete the run folder {run_dir} and train it again"
+    model.load_state_dict(checkpoint.load_weights(run_dir / BEST_NAME, remedy=remedy))
+
+
+# What a classifier run folder holds (a study trial adds trial.json / failed.json before training starts).
+_RUN_FILES = {"config.yaml", "metrics.jsonl", LAST_NAME, BEST_NAME, CLASSES_NAME, "predictions.csv", "result.json",
+              "trial.json", "failed.json"}
+
+
+def claim_run_dir(run_dir: str | os.PathLike) -> contextlib.AbstractContextManager:
+    """Hold `run_dir` as a classifier run for a block (files.claim_output_dir): another kind of output there, or
+    a second training process on it, is refused. Only the main process of a data-parallel launch holds it."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext(Path(run_dir))
+    return claim_output_dir(run_dir, "classifier", legacy=is_classifier_run)
+
+
+def is_classifier_run(path: Path) -> bool:
+    """A classifier run (or study trial) folder written before output markers existed: only its own files."""
+    names = {p.name for p in path.iterdir() if not p.name.startswith(".")}
+    return bool(names) and names <= _RUN_FILES and bool(names - {"config.yaml", CLASSES_NAME})
 
 
 def load_classifier(run_dir: str | os.PathLike) -> tuple[nn.Module, dict]:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from mrisynth.checkpoint import capture_rng, load_state, restore_rng, save_state
 from mrisynth.classify.augment import apply_augmentation, random_affine_params, to_unit_float
-from mrisynth.classify.checkpoint import LAST_NAME, load_best, model_state, save_best
+from mrisynth.classify.checkpoint import LAST_NAME, claim_run_dir, load_best, model_state, save_best
 from mrisynth.classify.config import AugmentConfig, ClassifierConfig
 from mrisynth.classify.data import DeviceSet, PreparedData, TrainData, epoch_order, load_train_data
 from mrisynth.classify.metrics import classification_metrics
@@ -156,10 +156,15 @@ def fit(
 
     A finished folder (result.json) is returned as it is when its config.yaml holds the same settings, and is a
     UserError when they differ. `callback(record)` is called after each epoch's checkpoint is written; raising
-    from it stops the run there (a later call resumes).
+    from it stops the run there (a later call resumes). The folder is claimed for the run (files.claim_output_dir):
+    another kind of output there, or a second training process on it, is refused.
     """
-    out_dir = ensure_writable_dir(out_dir)
     _check_settings(cfg)
+    with claim_run_dir(out_dir):
+        return _fit(cfg, data, ensure_writable_dir(out_dir), callback=callback)
+
+
+def _fit(cfg: ClassifierConfig, data: TrainData, out_dir: Path, *, callback: Callable[[dict], None] | None) -> dict:
     run = RunConfig(classifier=cfg, data=dataclasses.replace(
         data, real_dir=Path(data.real_dir).resolve(),
         synthetic_dir=None if data.synthetic_dir is None else Path(data.synthetic_dir).resolve(),
