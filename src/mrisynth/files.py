@@ -17,7 +17,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -215,7 +214,7 @@ def sha256_dir(path: str | os.PathLike, *, pattern: str = "*") -> str:
 
 # ----------------------------------------------------------------------------------------------- output folders
 
-MARKER_NAME = ".mrisynth-output.json"  # {"kind": ..., "created": ...}: what wrote this folder
+MARKER_NAME = ".mrisynth-output.json"  # {"kind": ...}: what wrote this folder
 LOCK_NAME = ".mrisynth-output.lock"  # held by the one process writing the folder
 OUTPUT_KINDS = ("prepared-data", "phantom", "download", "generator", "synthetic", "classifier", "study",
                 "leakage-audit", "quality")
@@ -290,7 +289,7 @@ def claim_output_dir(
     try:
         _check_claimable(path, kind, legacy)  # again under the lock: another process may have claimed it meanwhile
         if not (path / MARKER_NAME).is_file():
-            write_json(path / MARKER_NAME, {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            write_json(path / MARKER_NAME, {"kind": kind})  # no time stamp: reruns stay byte-identical
         with _held_guard:
             _held[key] = (kind, 1)
         try:
