@@ -101,6 +101,9 @@ def ensure_writable_dir(path: str | os.PathLike, *, fix: str = "choose a writabl
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} is a file, not a folder; {fix}")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing != path and not os.access(existing, os.W_OK):  # refuse before making any folder
+        raise UserError(f"folder {existing} is not writable; {fix}")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

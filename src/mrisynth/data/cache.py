@@ -75,11 +75,11 @@ def build_cache(data_dir: str | os.PathLike, size: int, *, fit: Fit = "resize", 
         raise UserError(f"{data_dir / MANIFEST_NAME} has no rows; nothing to cache")
     check_labels(records, load_classes(data_dir), where=str(data_dir / MANIFEST_NAME))
     out = cache_dir(data_dir, size, fit)
+    workers = workers or min(8, os.cpu_count() or 1)
+    _verify_hashes(records, data_dir, workers)
     ensure_writable_dir(out.parent, fix=f"the cache is written inside the data folder: make {data_dir} writable, "
                         "or copy the prepared folder somewhere writable and use the copy")
     _check_free_space(out.parent, len(records) * size * size)
-    workers = workers or min(8, os.cpu_count() or 1)
-    _verify_hashes(records, data_dir, workers)
     with atomic_path(out, suffix="") as tmp:
         tmp.mkdir()
         _pack_images(records, tmp / "images.npy", size, fit, workers)
