@@ -16,6 +16,7 @@ from mrisynth.files import atomic_path, write_csv, write_json, write_text
 from mrisynth.report import plots
 from mrisynth.report.html import build_html
 from mrisynth.report.markdown import build_markdown
+from mrisynth.study.names import BASELINE, RATIO, TEST
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,8 @@ def run_report(run_dir: str | os.PathLike) -> Path:
 
     run = Path(run_dir)
     cfg = load_run_config(run)
-    summary = summarize(run, cfg)
     trials = load_trial_results(run, cfg)
+    summary = summarize(run, cfg, trials)
     rows = results_rows(trials, n_boot=cfg.bootstrap)
     figures = build_figures(run, summary, trials)
     out = run / "report"
@@ -50,19 +51,22 @@ def run_report(run_dir: str | os.PathLike) -> Path:
 
 
 def build_figures(run: Path, summary: dict, trials: list[dict]) -> dict[str, bytes]:
-    """Caption -> PNG for every figure the finished trials allow (a figure without data is left out)."""
+    """Caption -> PNG for every figure the finished trials allow (a figure without data is left out).
+
+    The generator's validation curves (RUN/generator[/fold-k]/metrics.jsonl, val_* records) appear when the
+    generator logged any."""
     figures: dict[str, bytes] = {}
-    if any(c["kind"] == "ratio" and c["n_trials"] for c in summary["conditions"]):
+    if any(c["kind"] == RATIO and c["n_trials"] for c in summary["conditions"]):
         figures["Metric vs ratio: test accuracy, macro F1 and validation accuracy"] = plots.plot_metric_vs_ratio(summary)
         figures["Per-class recall vs ratio"] = plots.plot_recall_vs_ratio(summary)
-    shown = ["r0"] + ([summary["best"]["condition"]] if summary.get("best") and summary["best"]["condition"] != "r0"
-                      else [])
+    best = (summary.get("best") or {}).get("condition")
+    shown = [BASELINE] + ([best] if best and best != BASELINE else [])
     data_dir = _real_data_dir(run)
     classes = load_classes(data_dir) if data_dir else []
     matrices = {}
     for name in shown:
-        ms = [np.asarray(t["result"]["test"]["confusion"]) for t in trials
-              if t["condition"] == name and (t["result"].get("test") or {}).get("confusion") is not None]
+        ms = [np.asarray(t["result"][TEST]["confusion"]) for t in trials
+              if t["condition"] == name and (t["result"].get(TEST) or {}).get("confusion") is not None]
         if ms:
             matrices[f"{name} (test, summed over {len(ms)} run(s))"] = np.sum(ms, axis=0)
     if matrices and classes:
@@ -76,6 +80,12 @@ def build_figures(run: Path, summary: dict, trials: list[dict]) -> dict[str, byt
                 curves[first["trial"]] = c
     if curves:
         figures["Training curves: real-only and the best ratio (first seed)"] = plots.plot_training_curves(curves)
+    generators = {d.name: plots.read_generator_validation(d / "metrics.jsonl")
+                  for d in [run / "generator", *sorted((run / "generator").glob("fold-*"))]}
+    generators = {name: curves for name, curves in generators.items() if curves}
+    if generators:
+        figures["Generator validation: val_* metrics against training step"] = plots.plot_generator_validation(
+            generators)
     grid = _sample_grid(run, data_dir)
     if grid:
         figures["Sample grid: real vs synthetic per class"] = grid

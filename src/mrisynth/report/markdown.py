@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+from mrisynth.study.names import BASELINE
+from mrisynth.study.stats import NO_DIFFERENCE
+
 
 def fmt(x: float | None, *, pct: bool = True) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -21,7 +24,7 @@ def fmt_ci(stat: dict) -> str:
 
 
 VERDICT_HEADER = ("condition", "synthetic", "runs", "val acc %", "test acc % (95% CI)", "test F1 %",
-                  "Δ vs real-only (pts, 95% CI)", "p (Holm)", "verdict")
+                  "Δ vs real-only (pts, CI at Holm level)", "p (Holm)", "verdict")
 
 
 def verdict_rows(summary: dict) -> list[tuple[str, ...]]:
@@ -29,15 +32,31 @@ def verdict_rows(summary: dict) -> list[tuple[str, ...]]:
     rows = []
     for c in summary["conditions"]:
         comp = c.get("comparison") or {}
-        if comp:
-            delta = f"{100 * comp['diff']:+.2f} [{100 * comp['lo']:+.2f}, {100 * comp['hi']:+.2f}]"
-            p, verdict = f"{comp['p_holm']:.3g}", comp["verdict"]
-        else:
-            delta, p, verdict = "–", "–", "baseline" if c["name"] == "r0" else ("not run" if not c["n_trials"] else "–")
+        delta, p, verdict = comparison_cells(comp)
+        if not comp:
+            verdict = "baseline" if c["name"] == BASELINE else ("not run" if not c["n_trials"] else "–")
         rows.append((c["name"], str(c.get("train_synthetic") if c.get("train_synthetic") is not None else "–"),
                      str(c["n_trials"]), fmt_ci(c["val_accuracy"]), fmt_ci(c["test_accuracy"]),
                      fmt_ci(c["test_f1_macro"]), delta, p, verdict))
     return rows
+
+
+def comparison_cells(comp: dict) -> tuple[str, str, str]:
+    """(Δ with its interval, Holm p, verdict) as text. "No detectable difference" carries the minimum
+    detectable difference (80% power), so "no effect" and "this study could not tell" read differently."""
+    if not comp:
+        return "–", "–", "–"
+    if "lo" in comp:
+        delta = f"{100 * comp['diff']:+.2f} [{100 * comp['lo']:+.2f}, {100 * comp['hi']:+.2f}]"
+    else:
+        delta = "–" if comp.get("diff") is None else f"{100 * comp['diff']:+.2f}"
+    p = f"{comp['p_holm']:.3g}" if comp.get("p_holm") is not None else "–"
+    verdict = comp["verdict"]
+    if verdict == NO_DIFFERENCE and comp.get("mdd") is not None:
+        verdict += f" (could detect ±{100 * comp['mdd']:.1f} pts)"
+    elif comp.get("reason"):
+        verdict += f": {comp['reason']}"
+    return delta, p, verdict
 
 
 def text_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -54,6 +73,8 @@ def best_sentence(summary: dict) -> str:
         return "No finished ratio condition yet."
     diff = best.get("diff_vs_real_only")
     delta = "" if diff is None else f" ({100 * diff:+.2f} points vs real-only, verdict: {best['verdict']})"
+    if diff is None and best.get("verdict") not in (None, "baseline"):
+        delta = f" (verdict: {best['verdict']})"
     if best.get("per_fold"):  # cross-validation: chosen per fold on its validation fold, scored on its test fold
         chosen = ", ".join(f"fold {f['fold']}: {f['condition']}" for f in best["per_fold"])
         return (f"Best ratio chosen in each fold on its validation fold ({chosen}); test accuracy of those "

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 from mrisynth.data.images import fit_square, read_grayscale  # noqa: E402
 from mrisynth.data.manifest import ImageRecord  # noqa: E402
 from mrisynth.files import read_jsonl  # noqa: E402
+from mrisynth.study.names import RATIO  # noqa: E402
 
 
 def _png(fig: plt.Figure) -> bytes:
@@ -29,7 +30,7 @@ def _png(fig: plt.Figure) -> bytes:
 
 
 def _ladder(summary: dict) -> list[dict]:
-    return [c for c in summary["conditions"] if c["kind"] == "ratio" and c["n_trials"]]
+    return [c for c in summary["conditions"] if c["kind"] == RATIO and c["n_trials"]]
 
 
 def _ratio_axis(ax: plt.Axes, ratios: Sequence[float]) -> list[int]:
@@ -103,6 +104,38 @@ def read_curves(metrics_jsonl: Path) -> dict[str, list[tuple[float, float]]]:
             if _is_curve(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
                 curves.setdefault(key, []).append((float(epoch), float(value)))
     return curves
+
+
+def read_generator_validation(metrics_jsonl: Path) -> dict[str, list[tuple[float, float]]]:
+    """{val_* metric: [(step, value)]} from a generator's metrics.jsonl (only records with a step and val_*
+    keys: loss lines are left out); empty when the generator logged no validation."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for record in read_jsonl(metrics_jsonl):
+        if not isinstance(record.get("step"), (int, float)):
+            continue
+        for key, value in record.items():
+            if key.startswith("val_") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                curves.setdefault(key, []).append((float(record["step"]), float(value)))
+    return curves
+
+
+def plot_generator_validation(curves_by_generator: dict[str, dict[str, list[tuple[float, float]]]]) -> bytes:
+    """One panel per validation metric (FD, KID, TSTR accuracy... have different scales), one line per
+    generator (one per fold under cross-validation), against training step."""
+    keys = sorted({k for curves in curves_by_generator.values() for k in curves})
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for n, (name, curves) in enumerate(curves_by_generator.items()):
+            if key in curves:
+                xs, ys = zip(*sorted(curves[key]))
+                ax.plot(xs, ys, marker="o", color=f"C{n}", label=name)
+        ax.set_xlabel("generator step")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        if len(curves_by_generator) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
 
 
 def _is_curve(key: str) -> bool:

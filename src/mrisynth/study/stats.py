@@ -47,6 +47,7 @@ from scipy import stats as sstats
 
 EXACT_BELOW = 25  # McNemar: exact binomial test when the discordant pairs are fewer than this
 POWER = 0.8  # the power at which the minimum detectable difference is stated
+HELPS, HURTS, NO_DIFFERENCE = "helps", "hurts", "no detectable difference"  # the verdicts
 
 
 def t_interval(
@@ -176,10 +177,10 @@ def verdict(diff: float, p_adjusted: float, *, alpha: float = 0.05) -> str:
     """A plain reading of one comparison against real-only: the sign of diff (condition - real-only) and the
     Holm-corrected p decide."""
     if p_adjusted < alpha and diff > 0:
-        return "helps"
+        return HELPS
     if p_adjusted < alpha and diff < 0:
-        return "hurts"
-    return "no detectable difference"
+        return HURTS
+    return NO_DIFFERENCE
 
 
 def cluster_totals(diffs: np.ndarray, clusters: Sequence) -> tuple[np.ndarray, np.ndarray]:

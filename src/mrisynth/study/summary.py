@@ -1,8 +1,10 @@
 """Collect finished trials into one table and compare every condition with real-only.
 
 The best ratio is chosen on validation accuracy (mean over seeds; with folds, in each fold separately); the
-test set is only reported, never used to choose. Comparisons pair each trial with the real-only trial of the
-same seed and fold, on the same test images.
+test set is only reported, never used to choose. Comparisons (study/comparisons.py) pair each trial with the
+real-only trial of the same seed and fold, on the same test images, clustered by the manifest's patients.
+A trial whose result.json exists but whose predictions.csv is missing is listed under "incomplete" and its
+condition gets no verdict.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import numpy as np
 from mrisynth.data.manifest import MANIFEST_NAME, load_manifest
 from mrisynth.files import read_json
 from mrisynth.study import stats
+from mrisynth.study.comparisons import NOT_COMPARED, apply_holm, compare, power_warnings
 from mrisynth.study.conditions import build_conditions, build_trials
 from mrisynth.study.config import StudyConfig
+from mrisynth.study.names import BASELINE, EVAL_SETS, RATIO, TEST, VAL
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,10 @@ METRICS = ("accuracy", "f1_macro", "mcc", "auc_ovr")
 
 
 def load_trial_results(run: str | os.PathLike, cfg: StudyConfig) -> list[dict]:
-    """One dict per finished trial: its trial.json, result.json and test correctness by image id."""
+    """One dict per finished trial: its trial.json, result.json and test correctness by image id.
+
+    A trial without test predictions gets `missing` (the reason) and an empty `test_correct`.
+    """
     run = Path(run)
     out = []
     for trial in build_trials(cfg):
@@ -36,12 +43,16 @@ def load_trial_results(run: str | os.PathLike, cfg: StudyConfig) -> list[dict]:
         if not (d / "result.json").is_file():
             continue
         result = read_json(d / "result.json")
+        correct = read_test_correctness(d / "predictions.csv")
         out.append({
             "trial": trial.name, "condition": trial.condition.name, "kind": trial.condition.kind,
             "ratio": trial.condition.ratio, "seed": trial.seed, "fold": trial.fold, "dir": str(d),
             "result": result, "info": read_json(d / "trial.json") if (d / "trial.json").is_file() else {},
-            "test_correct": read_test_correctness(d / "predictions.csv"),
+            "test_correct": correct,
+            "missing": None if correct else "no test rows in predictions.csv (missing or empty)",
         })
+        if not correct:
+            log.warning("trial %s has a result.json but no test predictions; its condition gets no verdict", d)
     return out
 
 
@@ -51,7 +62,7 @@ def read_test_correctness(path: Path) -> dict[str, bool]:
         return {}
     with open(path, newline="", encoding="utf-8") as f:
         return {row["id"]: row["pred_class"] == row["true_class"] for row in csv.DictReader(f)
-                if row.get("split", "test") == "test"}
+                if row.get("split", TEST) == TEST}
 
 
 def results_rows(trials: list[dict], *, n_boot: int = 2000) -> list[dict]:
@@ -62,7 +73,7 @@ def results_rows(trials: list[dict], *, n_boot: int = 2000) -> list[dict]:
         row = {k: t[k] for k in ("trial", "condition", "kind", "ratio", "seed", "fold")}
         row["train_real"] = res.get("train_real", t["info"].get("train_real"))
         row["train_synthetic"] = res.get("train_synthetic", t["info"].get("train_synthetic"))
-        for split in ("val", "test"):
+        for split in EVAL_SETS:
             for m in METRICS:
                 row[f"{split}_{m}"] = (res.get(split) or {}).get(m)
         correct = np.array(list(t["test_correct"].values()), dtype=bool)
@@ -74,19 +85,22 @@ def results_rows(trials: list[dict], *, n_boot: int = 2000) -> list[dict]:
     return rows
 
 
-def summarize(run: str | os.PathLike, cfg: StudyConfig) -> dict:
-    """Everything the report shows, as one JSON-ready dict (see report/ for how it is drawn)."""
+def summarize(run: str | os.PathLike, cfg: StudyConfig, trials: list[dict] | None = None) -> dict:
+    """Everything the report shows, as one JSON-ready dict (see report/ for how it is drawn); `trials` are
+    the run's `load_trial_results` when the caller has them already."""
     run = Path(run)
-    trials = load_trial_results(run, cfg)
+    trials = load_trial_results(run, cfg) if trials is None else trials
     by_condition: dict[str, list[dict]] = defaultdict(list)
     for t in trials:
         by_condition[t["condition"]].append(t)
-    baseline = by_condition.get("r0", [])
+    baseline = by_condition.get(BASELINE, [])
+    patient_of = patients_by_image(run)
     conditions = []
     for c in build_conditions(cfg):
         group = by_condition.get(c.name, [])
-        entry = {"name": c.name, "kind": c.kind, "ratio": c.ratio, "n_trials": len(group)}
-        for split in ("val", "test"):
+        entry = {"name": c.name, "kind": c.kind, "ratio": c.ratio, "n_trials": len(group),
+                 "n_incomplete": sum(1 for t in group if t["missing"])}
+        for split in EVAL_SETS:
             for m in METRICS:
                 values = [(t["result"].get(split) or {}).get(m) for t in group]
                 values = [v for v in values if v is not None and not _isnan(v)]
@@ -94,16 +108,19 @@ def summarize(run: str | os.PathLike, cfg: StudyConfig) -> dict:
         entry["test_recall"] = _per_class_recall(group)
         entry["train_synthetic"] = _first(group, "train_synthetic")
         entry["train_real"] = _first(group, "train_real")
-        if c.name != "r0" and group and baseline:
-            entry["comparison"] = compare(baseline, group, n_boot=cfg.bootstrap, seed=_seed_of(c.name))
+        if c.name != BASELINE and group:
+            entry["comparison"] = compare(baseline, group, n_boot=cfg.bootstrap, seed=_seed_of(c.name),
+                                          patient_of=patient_of)
         conditions.append(entry)
-    _apply_holm(conditions, alpha=cfg.alpha)
+    apply_holm(conditions, alpha=cfg.alpha)
+    incomplete = [{"trial": t["trial"], "reason": t["missing"]} for t in trials if t["missing"]]
     return {
         "n_trials_done": len(trials),
         "n_trials_total": len(build_trials(cfg)),
+        "incomplete": incomplete,
         "conditions": conditions,
         "best": choose_best(conditions, trials),
-        "caveats": caveats(run, cfg),
+        "caveats": caveats(run, cfg) + power_warnings(conditions) + _incomplete_notes(conditions, incomplete),
         "leakage": _read_optional(run / "data" / "audit" / "leakage.json"),
         "audit": audit_headline(run / "quality" / "quality.json"),
         "alpha": cfg.alpha,
@@ -112,42 +129,25 @@ def summarize(run: str | os.PathLike, cfg: StudyConfig) -> dict:
     }
 
 
-def compare(baseline: list[dict], group: list[dict], *, n_boot: int, seed: int) -> dict:
-    """Paired comparison of a condition with real-only over (seed, fold) pairs present in both."""
-    base = {(t["seed"], t["fold"]): t["test_correct"] for t in baseline}
-    pairs = [(base[(t["seed"], t["fold"])], t["test_correct"]) for t in group if (t["seed"], t["fold"]) in base]
-    if not pairs:
+def patients_by_image(run: Path) -> dict[str, str]:
+    """{image id: patient id} from the run's manifest (empty when the run has none or no patient IDs)."""
+    data_dir = run_data_dir(run)
+    if data_dir is None:
         return {}
-    # Per seed, the test images of all its folds side by side: each real image appears once per seed.
-    per_seed: dict[int, tuple[list[bool], list[bool]]] = defaultdict(lambda: ([], []))
-    for t in group:
-        key = (t["seed"], t["fold"])
-        if key not in base:
-            continue
-        ids = sorted(set(base[key]) & set(t["test_correct"]))
-        per_seed[t["seed"]][0].extend(base[key][i] for i in ids)
-        per_seed[t["seed"]][1].extend(t["test_correct"][i] for i in ids)
-    size = max(len(a) for a, _ in per_seed.values())
-    usable = {s: v for s, v in sorted(per_seed.items()) if len(v[0]) == size}  # seeds missing a fold left out
-    a = np.array([v[0] for v in usable.values()], dtype=bool)  # (S, N)
-    b = np.array([v[1] for v in usable.values()], dtype=bool)
-    boot = stats.paired_bootstrap(a, b, n_boot=n_boot, seed=seed)
-    # Test of record: images are the independent units (every seed tests the same images), so the
-    # per-image sign-flip test on seed-averaged differences; McNemar per seed is kept as a secondary figure.
-    test = stats.sign_flip_test(a, b, n_perm=n_boot, seed=seed)
-    per_seed_mcnemar = [{"seed": s, **stats.mcnemar(a[i], b[i])} for i, s in enumerate(usable)]
-    return {"diff": boot["diff"], "lo": boot["lo"], "hi": boot["hi"], "p": test["p"], "test": "sign-flip",
-            "p_bootstrap": boot["p"], "mcnemar_per_seed": per_seed_mcnemar, "n_seeds": len(usable),
-            "n_images": size}
+    return {r.id: r.patient_id for r in load_manifest(data_dir) if r.patient_id}
 
 
-def _apply_holm(conditions: list[dict], *, alpha: float) -> None:
-    """Holm across all conditions compared with real-only (the per-image sign-flip p is the test of record)."""
-    compared = [c for c in conditions if c.get("comparison")]
-    adjusted = stats.holm([c["comparison"]["p"] for c in compared])
-    for c, p in zip(compared, adjusted):
-        c["comparison"]["p_holm"] = p
-        c["comparison"]["verdict"] = stats.verdict(c["comparison"]["diff"], p, alpha=alpha)
+def _incomplete_notes(conditions: list[dict], incomplete: list[dict]) -> list[str]:
+    notes = []
+    if incomplete:
+        notes.append(f"{len(incomplete)} finished trial(s) have no test predictions (predictions.csv): "
+                     + ", ".join(t["trial"] for t in incomplete) + ". Their conditions get no verdict; rerun "
+                     "those trials.")
+    blocked = [c for c in conditions if (c.get("comparison") or {}).get("verdict") == NOT_COMPARED]
+    if blocked:
+        notes.append(f"No comparison with real-only for {', '.join(c['name'] for c in blocked)}: "
+                     f"{blocked[0]['comparison']['reason']}.")
+    return notes
 
 
 def choose_best(conditions: list[dict], trials: list[dict] | None = None) -> dict | None:
@@ -159,37 +159,41 @@ def choose_best(conditions: list[dict], trials: list[dict] | None = None) -> dic
     """
     if trials and any(t["fold"] >= 0 for t in trials):
         return _choose_per_fold(conditions, trials)
-    ladder = [c for c in conditions if c["kind"] == "ratio" and c["n_trials"] and not _isnan(c["val_accuracy"]["mean"])]
+    ladder = [c for c in conditions if c["kind"] == RATIO and c["n_trials"] and not _isnan(c["val_accuracy"]["mean"])]
     if not ladder:
         return None
     best = max(ladder, key=lambda c: (round(c["val_accuracy"]["mean"], 12), -c["ratio"]))
     comparison = best.get("comparison") or {}
     return {"condition": best["name"], "ratio": best["ratio"], "val_accuracy": best["val_accuracy"],
-            "test_accuracy": best["test_accuracy"], "verdict": comparison.get("verdict", "baseline"),
+            "test_accuracy": best["test_accuracy"], "verdict": _verdict_of(best["name"], comparison),
             "diff_vs_real_only": comparison.get("diff")}
+
+
+def _verdict_of(name: str, comparison: dict) -> str:
+    return "baseline" if name == BASELINE else comparison.get("verdict", NOT_COMPARED)
 
 
 def _choose_per_fold(conditions: list[dict], trials: list[dict]) -> dict | None:
     """Per fold: the ratio with the best validation accuracy (mean over seeds) in that fold, and its test
     accuracy and difference from real-only on that fold's test fold. The headline is the mean over folds;
     `condition` is the ratio chosen most often (ties: the smaller), for figures."""
-    ratio_of = {c["name"]: c["ratio"] for c in conditions if c["kind"] == "ratio"}
+    ratio_of = {c["name"]: c["ratio"] for c in conditions if c["kind"] == RATIO}
     scores: dict[tuple[int, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for t in trials:
         if t["condition"] in ratio_of:
-            for split in ("val", "test"):
+            for split in EVAL_SETS:
                 value = (t["result"].get(split) or {}).get("accuracy")
                 if value is not None and not _isnan(value):
                     scores[(t["fold"], t["condition"])][split].append(float(value))
     per_fold = []
     for fold in sorted({f for f, _ in scores}):
-        here = {name: s for (f, name), s in scores.items() if f == fold and s["val"] and s["test"]}
+        here = {name: s for (f, name), s in scores.items() if f == fold and s[VAL] and s[TEST]}
         if not here:
             continue
-        name = max(here, key=lambda n: (round(float(np.mean(here[n]["val"])), 12), -ratio_of[n]))
-        test = float(np.mean(here[name]["test"]))
-        diff = test - float(np.mean(here["r0"]["test"])) if "r0" in here else None
-        per_fold.append({"fold": fold, "condition": name, "val_accuracy": float(np.mean(here[name]["val"])),
+        name = max(here, key=lambda n: (round(float(np.mean(here[n][VAL])), 12), -ratio_of[n]))
+        test = float(np.mean(here[name][TEST]))
+        diff = test - float(np.mean(here[BASELINE][TEST])) if BASELINE in here else None
+        per_fold.append({"fold": fold, "condition": name, "val_accuracy": float(np.mean(here[name][VAL])),
                          "test_accuracy": test, "diff_vs_real_only": diff})
     if not per_fold:
         return None
@@ -202,7 +206,7 @@ def _choose_per_fold(conditions: list[dict], trials: list[dict]) -> dict | None:
             "val_accuracy": stats.t_interval([f["val_accuracy"] for f in per_fold], bounds=(0.0, 1.0)),
             "test_accuracy": stats.t_interval([f["test_accuracy"] for f in per_fold], bounds=(0.0, 1.0)),
             "diff_vs_real_only": float(np.mean(diffs)) if len(diffs) == len(per_fold) else None,
-            "verdict": comparison.get("verdict", "baseline") if same else "the choice differs across folds"}
+            "verdict": _verdict_of(condition, comparison) if same else "the choice differs across folds"}
 
 
 def caveats(run: Path, cfg: StudyConfig) -> list[str]:
@@ -215,7 +219,7 @@ def caveats(run: Path, cfg: StudyConfig) -> list[str]:
     if cfg.folds == 0 and data_dir is not None:
         records = load_manifest(data_dir)
         train_p = {r.patient_id for r in records if r.split == "train" and r.patient_id}
-        test_p = {r.patient_id for r in records if r.split == "test" and r.patient_id}
+        test_p = {r.patient_id for r in records if r.split == TEST and r.patient_id}
         shared = test_p & train_p
         if shared:
             notes.append(f"The split is not patient-wise: {len(shared)} of {len(test_p)} test patients also have "
@@ -231,9 +235,11 @@ def caveats(run: Path, cfg: StudyConfig) -> list[str]:
         notes.append("The best ratio is chosen on validation accuracy; the test set is reported, never used to "
                      "choose.")
     notes.extend(audit_warnings(run / "quality" / "quality.json"))
-    notes.append("Verdicts use a paired sign-flip permutation test against real-only over test images (each "
-                 "image's difference averaged over seeds, since all seeds share the test images), "
-                 f"Holm-corrected across conditions at alpha={cfg.alpha}; McNemar per seed is in summary.json.")
+    notes.append("Verdicts compare each condition with real-only run by run (same seed and fold, same test "
+                 "images) with a t-test whose error counts both training runs and test patients as the units "
+                 f"that vary (study/stats.py), Holm-corrected across conditions at alpha={cfg.alpha}; the Δ "
+                 "interval is drawn at the level Holm tested that comparison, so it excludes 0 exactly when the "
+                 "verdict is helps or hurts. McNemar per seed and the per-image sign-flip p are in summary.json.")
     return notes
 
 
@@ -304,7 +310,7 @@ def run_data_dir(run: Path) -> Path | None:
 def _per_class_recall(group: list[dict]) -> dict[str, float]:
     values: dict[str, list[float]] = defaultdict(list)
     for t in group:
-        for cls, m in ((t["result"].get("test") or {}).get("per_class") or {}).items():
+        for cls, m in ((t["result"].get(TEST) or {}).get("per_class") or {}).items():
             if m.get("recall") is not None:
                 values[cls].append(float(m["recall"]))
     return {cls: float(np.mean(v)) for cls, v in sorted(values.items())}
