@@ -67,3 +67,25 @@ def test_confusion_and_mcc_binary_reference():
     assert cm.tolist() == [[1, 1], [1, 2]]
     # binary MCC = (tp*tn - fp*fn) / sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)) = (2*1 - 1*1) / sqrt(3*3*2*2) = 1/6
     assert matthews_corrcoef(cm) == pytest.approx(1 / 6)
+
+
+def test_auc_agrees_with_sklearn_and_an_absent_class_makes_the_macro_nan():
+    import warnings
+
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 60)
+    probs = rng.dirichlet(np.ones(3), 60)
+    m = classification_metrics(y, probs, CLASSES)
+    assert m["auc_ovr"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr", labels=[0, 1, 2]))
+    assert m["auc_weighted"] == pytest.approx(
+        roc_auc_score(y, probs, multi_class="ovr", labels=[0, 1, 2], average="weighted"))
+    # class "c" absent from the evaluated set: no macro AUC (as sklearn), the weighted AUC drops the class
+    y2 = np.array([0, 0, 1, 1])
+    p2 = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.3, 0.5, 0.2]])
+    m2 = classification_metrics(y2, p2, CLASSES)
+    assert np.isnan(m2["auc_ovr"]) and m2["auc_weighted"] == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert np.isnan(roc_auc_score(y2, p2, multi_class="ovr", labels=[0, 1, 2]))

@@ -1,6 +1,9 @@
 """Classification metrics in plain NumPy: accuracy, macro/weighted P/R/F1, per class, MCC, one-vs-rest AUC.
 
 A class with no predictions (or no support) gets precision (or recall) 0, as sklearn's zero_division=0 does.
+One-vs-rest AUC follows sklearn's roc_auc_score(multi_class="ovr", labels=all classes): a class absent from
+the evaluated set has no AUC, so the macro AUC (`auc_ovr`) is NaN, never quietly averaged over the classes
+present; `auc_weighted` weights each class by its support, so an absent class (weight 0) drops out.
 """
 
 from __future__ import annotations
@@ -76,7 +79,6 @@ def classification_metrics(
     f1 = _safe_div(2 * precision * recall, precision + recall)
     weights = support / max(support.sum(), 1)
     aucs = np.array([binary_auc(y_true == k, probs[:, k]) for k in range(num_classes)])
-    defined = aucs[~np.isnan(aucs)]
     return {
         "accuracy": float(tp.sum() / max(len(y_true), 1)),
         "loss": None if loss is None else float(loss),
@@ -87,8 +89,8 @@ def classification_metrics(
         "recall_weighted": float(recall @ weights),
         "f1_weighted": float(f1 @ weights),
         "mcc": matthews_corrcoef(cm),
-        # macro over the classes that have both positives and negatives; None when no class does
-        "auc_ovr": float(defined.mean()) if len(defined) else None,
+        "auc_ovr": float(aucs.mean()),  # NaN when some class has no positives or no negatives
+        "auc_weighted": _weighted_auc(aucs, support),
         "per_class": {
             name: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
                    "support": int(support[k])}
@@ -97,3 +99,10 @@ def classification_metrics(
         "confusion": cm.tolist(),
         "count": int(len(y_true)),
     }
+
+
+def _weighted_auc(aucs: np.ndarray, support: np.ndarray) -> float:
+    """Support-weighted mean AUC over the classes present (sklearn's average="weighted"); NaN when none is
+    defined."""
+    keep = (support > 0) & ~np.isnan(aucs)
+    return float(np.average(aucs[keep], weights=support[keep])) if keep.any() else float("nan")

@@ -28,7 +28,7 @@ from mrisynth.study.names import BASELINE, EVAL_SETS, RATIO, TEST, VAL
 
 log = logging.getLogger(__name__)
 
-METRICS = ("accuracy", "f1_macro", "mcc", "auc_ovr")
+METRICS = ("accuracy", "f1_macro", "mcc", "auc_ovr", "auc_weighted")
 
 
 def load_trial_results(run: str | os.PathLike, cfg: StudyConfig) -> list[dict]:
