@@ -74,15 +74,16 @@ def check_applies(copy: Path, mutants: list[Mutant]) -> None:
         sys.exit("mutation check: these mutants do not apply:\n" + "\n".join(bad))
 
 
-def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, float]:
-    """pytest exit code (124 on timeout) and seconds for `tests`, run in `copy` with the default markers."""
+def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, float, str]:
+    """pytest's exit code (124 on timeout), seconds and output tail for `tests`, run in `copy` (default markers)."""
     start = time.perf_counter()
     try:
-        rc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                            cwd=copy, env=environment(copy), capture_output=True, timeout=timeout).returncode
+        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                              cwd=copy, env=environment(copy), capture_output=True, text=True, timeout=timeout)
+        rc, tail = done.returncode, (done.stdout + done.stderr)[-3000:]
     except subprocess.TimeoutExpired:
-        rc = 124
-    return rc, time.perf_counter() - start
+        rc, tail = 124, ""
+    return rc, time.perf_counter() - start, tail
 
 
 def run_mutant(copy: Path, m: Mutant, timeout: float) -> dict:
@@ -90,7 +91,7 @@ def run_mutant(copy: Path, m: Mutant, timeout: float) -> dict:
     original = path.read_text()
     path.write_text(original.replace(m.original, m.mutated, 1))
     try:
-        rc, seconds = run_tests(copy, m.tests, timeout)
+        rc, seconds, _ = run_tests(copy, m.tests, timeout)
     finally:
         path.write_text(original)
     outcome = "caught" if rc == 1 else "SURVIVED" if rc == 0 else "timeout" if rc == 124 else f"error (exit {rc})"
@@ -118,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         check_imports_copy(copy)
         check_applies(copy, mutants)
         tests = tuple(sorted({t for m in mutants for t in m.tests}))
-        rc, seconds = run_tests(copy, tests, args.timeout)
+        rc, seconds, tail = run_tests(copy, tests, args.timeout)
         if rc != 0:
-            sys.exit(f"mutation check: the unmutated tests fail (exit {rc}) in {copy}: fix them first")
+            sys.exit(f"{tail}\nmutation check: the unmutated tests fail (exit {rc}): fix them first")
         print(f"unmutated: {len(tests)} test files pass in {seconds:.0f} s (copy at {copy})", flush=True)
         results = []
         for m in mutants:

@@ -11,15 +11,20 @@ import pytest
 from mrisynth.data.images import save_grayscale_png
 from mrisynth.data.manifest import ImageRecord, save_classes, save_manifest
 
-FIGSHARE = Path(os.environ.get("MRISYNTH_FIGSHARE", Path(__file__).resolve().parents[2] / "shared/data/figshare"))
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def figshare_dir() -> Path:
-    """The real Figshare copy; tests using it are marked `realdata` and skip when it is absent."""
-    if not (FIGSHARE / "patients.csv").is_file():
-        pytest.skip(f"real data not found at {FIGSHARE} (set MRISYNTH_FIGSHARE)")
-    return FIGSHARE
+    """The real Figshare copy (see realdata.py); tests using it are marked `realdata` and skip when it is absent."""
+    from realdata import ENV, find_figshare
+
+    path, why = find_figshare(REPO_ROOT)
+    if path is None and os.environ.get(ENV):
+        pytest.fail(why)  # the user pointed at the data: a wrong path must not pass as a skip
+    if path is None:
+        pytest.skip(why)
+    return path
 
 
 @pytest.fixture
