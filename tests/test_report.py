@@ -38,7 +38,7 @@ class _Collector(HTMLParser):
 
 def test_report_files_figures_and_tables(tiny_manifest_dir, tmp_path, fakes):
     run = tmp_path / "run"
-    run_study(small_config(tiny_manifest_dir), run, make_report=False)
+    run_study(small_config(tiny_manifest_dir), run)
     out = run_report(run)
     page = (out / "index.html").read_text()
     parser = _Collector()
@@ -75,7 +75,7 @@ def test_audit_headline_reads_quality_json(tiny_manifest_dir, tmp_path, fakes):
     from mrisynth.files import write_json
 
     run = tmp_path / "run"
-    run_study(small_config(tiny_manifest_dir, seeds=[0], ratios=[0, 1]), run, make_report=False)
+    run_study(small_config(tiny_manifest_dir, seeds=[0], ratios=[0, 1]), run)
     m = {"fd": 12.5, "kid": 0.01, "precision": 0.7, "recall": 0.6}
     write_json(run / "quality" / "quality.json", {
         "feature_spaces": {"stats": {"overall": m, "real_vs_real": {
@@ -102,6 +102,6 @@ def test_leakage_caveat_when_patients_cross_splits(tiny_manifest_dir, tmp_path, 
             r.patient_id = r.patient_id[:-1] + "0"
     save_manifest(records, tiny_manifest_dir / "manifest.csv")
     run = tmp_path / "run"
-    run_study(small_config(tiny_manifest_dir, seeds=[0], ratios=[0, 1]), run)
+    run_study(small_config(tiny_manifest_dir, seeds=[0], ratios=[0, 1]), run, report=run_report)
     summary = read_json(run / "report" / "summary.json")
     assert any("3 of 6 test patients" in c for c in summary["caveats"])

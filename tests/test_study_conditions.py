@@ -34,7 +34,7 @@ def test_subsets_are_nested_and_exact_across_the_ladder(allocation):
     cfg = StudyConfig(allocation=allocation)
     real = {"a": 7, "b": 13, "c": 4}
     real_train = _records(real, prefix="real")
-    pool = _records({c: cond.pool_size_per_class(cfg, real) for c in real}, prefix="syn")
+    pool = _records(cond.pool_counts(cfg, real), prefix="syn")
     order = cond.pool_order(pool)
     previous: set[str] = set()
     for c in cond.build_conditions(cfg):
@@ -47,10 +47,13 @@ def test_subsets_are_nested_and_exact_across_the_ladder(allocation):
         previous = chosen
 
 
-def test_pool_size_covers_the_largest_condition_and_respects_the_minimum():
-    cfg = StudyConfig()
-    assert cond.pool_size_per_class(cfg, REAL) == 4990  # 5 x 998 glioma
-    assert cond.pool_size_per_class(load_config(StudyConfig, "seed", overrides=["data.source=/d"]), REAL) == 5000
+def test_pool_holds_per_class_what_the_largest_condition_takes_and_respects_the_minimum():
+    cfg = StudyConfig()  # proportional, largest ratio 5: 5 x each class's real count, not 5 x the largest class
+    assert cond.pool_counts(cfg, REAL) == {"glioma": 4990, "meningioma": 2480, "pituitary": 3250}
+    seed = load_config(StudyConfig, "seed", overrides=["data.source=/d"])  # pool_per_class 5000 is a floor
+    assert cond.pool_counts(seed, REAL) == {"glioma": 5000, "meningioma": 5000, "pituitary": 5000}
+    balanced = StudyConfig(allocation="balanced")  # 5 x 2144 / 3 = 3573.3 for every class
+    assert cond.pool_counts(balanced, REAL) == {"glioma": 3573, "meningioma": 3573, "pituitary": 3573}
 
 
 def test_pool_order_is_fixed_and_shuffled():
@@ -99,8 +102,8 @@ def test_presets_resolve_to_every_steps_own_config(preset):
 
     cfg = load_config(StudyConfig, preset, overrides=["data.source=/data/figshare"])
     assert isinstance(cfg.classifier, ClassifierConfig) and isinstance(cfg.data.prepare, PrepareConfig)
-    sample = sample_config_for_pool(cfg, n_per_class=7)
-    assert sample.n_per_class == 7 and type(sample) is type(cfg.generator.sample)
+    sample = sample_config_for_pool(cfg, counts={"glioma": 7, "pituitary": 2})
+    assert sample.counts == {"glioma": 7, "pituitary": 2} and type(sample) is type(cfg.generator.sample)
     clf = classifier_for_trial(cfg, seed=3)
     assert clf.seed == 3
     if preset == "seed":

@@ -7,6 +7,7 @@ import pytest
 from mrisynth.cli import main
 from mrisynth.config import from_dict
 from mrisynth.files import read_json
+from mrisynth.report import run_report
 from mrisynth.study import StudyConfig, run_study, trial_status
 
 TINY = {
@@ -27,7 +28,7 @@ TINY = {
 def test_tiny_real_study_end_to_end(tmp_path, capsys):
     cfg = from_dict(StudyConfig, TINY)
     run = tmp_path / "run"
-    outcome = run_study(cfg, run)
+    outcome = run_study(cfg, run, report=run_report)
     assert outcome["complete"] and not outcome["failed"] and len(outcome["trained"]) == 3, outcome
     assert set(trial_status(run).values()) == {"done"}
     r1 = read_json(run / "trials" / "r1-s0" / "result.json")
@@ -36,7 +37,7 @@ def test_tiny_real_study_end_to_end(tmp_path, capsys):
     summary = read_json(run / "report" / "summary.json")
     assert summary["n_trials_done"] == 3 and summary["audit"]
     # The same command again: nothing is redone, the report is rewritten from the stored results.
-    again = run_study(cfg, run)
+    again = run_study(cfg, run, report=run_report)
     assert again["trained"] == [] and len(again["already_done"]) == 3 and again["complete"]
     assert main(["study", "status", str(run)]) == 0
     assert "done: 3" in capsys.readouterr().out

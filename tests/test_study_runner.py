@@ -21,7 +21,9 @@ from mrisynth.data.manifest import load_classes, load_manifest, select
 from mrisynth.errors import UserError
 from mrisynth.files import append_jsonl, read_json, write_json, write_text
 from mrisynth.generate.output import SyntheticWriter, synthetic_id
+from mrisynth.report import run_report
 from mrisynth.study import StudyConfig, run_study, trial_status
+from mrisynth.study.names import REAL_OVERSAMPLED
 
 
 @dataclasses.dataclass
@@ -40,6 +42,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.fits: list[str] = []
+        self.seeds: dict[str, int] = {}  # trial folder -> the classifier seed it was trained with
         self.trained_on: list[Path] = []
         self.sampled: list[int] = []
         self.fail: set[str] = set()
@@ -52,12 +55,13 @@ def _fake_backend(rec: Recorder) -> types.ModuleType:
         return Path(out_dir)
 
     def run_sample(gen_dir, cfg, *, out_dir):
-        rec.sampled.append(cfg.n_per_class)
         classes = read_json(Path(gen_dir) / "generator.json")["classes"]
+        counts = getattr(cfg, "counts", None) or dict.fromkeys(classes, cfg.n_per_class)
+        rec.sampled.append(max(counts.values()))
         writer = SyntheticWriter(out_dir, classes, generator_sha256="fake")
         rng = np.random.default_rng(cfg.seed)
         for label, cls in enumerate(classes):
-            for i in range(cfg.n_per_class):
+            for i in range(counts.get(cls, 0)):
                 img = rng.integers(0, 256, size=(16, 16), dtype=np.uint8)
                 img[4:8, 4 * label:4 * label + 4] = 255
                 writer.add(img, image_id=synthetic_id(cls, i), class_name=cls, seed=i, steps=1)
@@ -77,6 +81,7 @@ def _fake_fit(rec: Recorder):
         if out_dir.name in rec.fail:
             raise RuntimeError("simulated crash")
         rec.fits.append(out_dir.name)
+        rec.seeds[out_dir.name] = cfg.seed
         records = load_manifest(data.real_dir)
         classes = load_classes(data.real_dir)
         n_syn = len(data.synthetic_ids or [])
@@ -129,7 +134,7 @@ def small_config(data_dir: Path, **changes) -> StudyConfig:
 
 def test_full_run_writes_every_trial_and_the_report(tiny_manifest_dir, tmp_path, fakes):
     run = tmp_path / "run"
-    outcome = run_study(small_config(tiny_manifest_dir), run)
+    outcome = run_study(small_config(tiny_manifest_dir), run, report=run_report)
     assert outcome["complete"] and not outcome["failed"]
     assert sorted(fakes.fits) == sorted(f"r{r}-s{s}" for r in ("0", "0.5", "1", "2") for s in (0, 1))
     assert fakes.sampled == [12]  # 6 real train images per class x ratio 2, generated once
@@ -139,8 +144,26 @@ def test_full_run_writes_every_trial_and_the_report(tiny_manifest_dir, tmp_path,
         assert (run / "report" / name).is_file()
     assert (run / "config.yaml").is_file()
     summary = read_json(run / "report" / "summary.json")
-    verdicts = {c["name"]: c.get("comparison", {}).get("verdict") for c in summary["conditions"]}
-    assert verdicts["r0"] is None and set(verdicts) == {"r0", "r0.5", "r1", "r2"}
+    compared = {c["name"]: c.get("comparison") for c in summary["conditions"]}
+    assert set(compared) == {"r0", "r0.5", "r1", "r2"} and compared.pop("r0") is None  # the baseline itself
+    # Every other condition is compared with real-only. The fake gets a superset of the images right as the
+    # ratio grows, so each gain is positive and grows with the ratio; none can read "hurts".
+    assert all(isinstance(c["verdict"], str) and c["verdict"] and c["verdict"] != "hurts" for c in compared.values())
+    assert 0 < compared["r0.5"]["diff"] < compared["r1"]["diff"] < compared["r2"]["diff"]
+
+
+def test_every_condition_of_a_seed_trains_with_the_same_classifier_seed(tiny_manifest_dir, tmp_path, fakes):
+    """Paired comparisons need each condition's classifier to differ from real-only by its data only."""
+    run = tmp_path / "run"
+    run_study(small_config(tiny_manifest_dir, controls=[REAL_OVERSAMPLED]), run)
+    by_study_seed: dict[int, set[int]] = {}
+    for name, seed in fakes.seeds.items():
+        info = read_json(run / "trials" / name / "trial.json")
+        assert info["classifier_seed"] == seed
+        by_study_seed.setdefault(info["seed"], set()).add(seed)
+    assert len(fakes.seeds) == 10  # 4 ratios + 1 control, x 2 seeds
+    assert all(len(seeds) == 1 for seeds in by_study_seed.values()), by_study_seed
+    assert len(set.union(*by_study_seed.values())) == 2  # and the two study seeds really differ
 
 
 def test_shard_union_equals_the_full_run(tiny_manifest_dir, tmp_path, fakes):
@@ -149,7 +172,7 @@ def test_shard_union_equals_the_full_run(tiny_manifest_dir, tmp_path, fakes):
     full_fits = sorted(fakes.fits)
     fakes.fits.clear()
     for i in range(3):
-        run_study(cfg, tmp_path / "sharded", shard=(i, 3))
+        run_study(cfg, tmp_path / "sharded", shard=(i, 3), report=run_report)
     assert sorted(fakes.fits) == full_fits  # every trial once, none twice
     for name in full_fits:
         a = read_json(tmp_path / "full" / "trials" / name / "result.json")
@@ -195,7 +218,7 @@ def test_status_shows_pending_running_and_done(tiny_manifest_dir, tmp_path, fake
 
 def test_rerun_with_another_config_is_refused(tiny_manifest_dir, tmp_path, fakes):
     run_study(small_config(tiny_manifest_dir, seeds=[0]), tmp_path / "run")
-    with pytest.raises(UserError, match="different config"):
+    with pytest.raises(UserError, match=r"was started with other settings \(seeds: \[0\] then, \[0, 1\] now\)"):
         run_study(small_config(tiny_manifest_dir, seeds=[0, 1]), tmp_path / "run")
 
 

@@ -49,12 +49,13 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from mrisynth.report import run_report
     from mrisynth.study import StudyConfig, run_study
 
     cfg = config_from_args(StudyConfig, args)  # validated here, before any worker starts
     if args.gpus is not None or args.workers is not None:
         return _run_workers(args)
-    outcome = run_study(cfg, args.out, shard=parse_shard(args.shard))
+    outcome = run_study(cfg, args.out, shard=parse_shard(args.shard), report=run_report)
     return _print_outcome(args.out, outcome)
 
 
@@ -106,11 +107,12 @@ def _status(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from mrisynth.config import load_config
+    from mrisynth.report import run_report
     from mrisynth.study import StudyConfig, run_study
 
     start = time.perf_counter()
     cfg = load_config(StudyConfig, "demo")
-    outcome = run_study(cfg, args.out)
+    outcome = run_study(cfg, args.out, report=run_report)
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in outcome["timings"].items())
     print(f"demo finished in {time.perf_counter() - start:.0f} s ({stages})")
     code = _print_outcome(args.out, outcome)

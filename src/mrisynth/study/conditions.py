@@ -18,6 +18,12 @@ Controls, each at a ratio r from `control_ratios`:
                       overridden by `augment_only_classifier` (e.g. stronger augmentation): the augmentation is
                       the only source of new views. It answers "would plain augmentation do what the
                       generator does?".
+    pretrain-synthetic  pre-train on the synthetic images of ratio r alone, then fine-tune those weights on
+                      the real images: about (1 + r) n images an epoch in all, like real-oversampled at r,
+                      its compute-matched real-only arm (added with it).
+
+"All real training images" means those of the trial's real fraction (study/fractions.py), so the synthetic
+counts follow the real count of that fraction.
 """
 
 from __future__ import annotations
@@ -31,7 +37,15 @@ import numpy as np
 from mrisynth.data.manifest import ImageRecord, class_counts
 from mrisynth.seeding import derive_seed
 from mrisynth.study.config import StudyConfig
-from mrisynth.study.names import AUGMENT_ONLY, RATIO, REAL_OVERSAMPLED, SYNTHETIC_ONLY, condition_name
+from mrisynth.study.names import (
+    AUGMENT_ONLY,
+    PRETRAIN_SYNTHETIC,
+    RATIO,
+    REAL_OVERSAMPLED,
+    SYNTHETIC_ONLY,
+    condition_name,
+    trial_name,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +61,7 @@ class Condition:
 
     @property
     def uses_synthetic(self) -> bool:
-        return self.kind in (RATIO, SYNTHETIC_ONLY) and self.ratio > 0
+        return self.kind in (RATIO, SYNTHETIC_ONLY, PRETRAIN_SYNTHETIC) and self.ratio > 0
 
     @property
     def uses_real(self) -> bool:
@@ -56,30 +70,48 @@ class Condition:
 
 @dataclasses.dataclass(frozen=True)
 class Trial:
-    """One classifier training: a condition, a seed and (with cross-validation) a fold."""
+    """One classifier training: a condition, a seed, (with cross-validation) a fold, and the share of the training
+    patients it may use."""
 
     condition: Condition
     seed: int
     fold: int = -1
+    fraction: float = 1.0
 
     @property
     def name(self) -> str:
-        return f"{self.condition.name}-s{self.seed}" + (f"-f{self.fold}" if self.fold >= 0 else "")
+        return trial_name(self.condition.name, self.seed, self.fold, self.fraction)
 
 
 def build_conditions(cfg: StudyConfig) -> list[Condition]:
-    """The ratio ladder (ascending) followed by the controls at each control ratio."""
+    """The ratio ladder (ascending) followed by the controls at each control ratio.
+
+    pretrain-synthetic brings its compute-matched real-only arm, real-oversampled, along when it is not listed.
+    """
     out = [Condition(RATIO, float(r)) for r in sorted({float(r) for r in cfg.ratios})]
-    for kind in cfg.controls:
+    kinds = list(cfg.controls)
+    if PRETRAIN_SYNTHETIC in kinds and REAL_OVERSAMPLED not in kinds:
+        kinds.insert(kinds.index(PRETRAIN_SYNTHETIC), REAL_OVERSAMPLED)
+    for kind in kinds:
         out += [Condition(kind, float(r)) for r in sorted({float(r) for r in cfg.control_ratios})]
     return out
 
 
 def build_trials(cfg: StudyConfig) -> list[Trial]:
-    """All trials in their fixed order (fold, then seed, then condition): shard i runs indices i, i+n, ..."""
-    folds = list(range(cfg.folds)) if cfg.folds else [-1]
+    """All trials in their fixed order (fold, fraction, seed, condition): shard i runs indices i, i+n, ..."""
     conditions = build_conditions(cfg)
-    return [Trial(c, s, f) for f in folds for s in cfg.seeds for c in conditions]
+    return [Trial(c, s, f, q) for f in study_folds(cfg) for q in real_fractions(cfg) for s in cfg.seeds
+            for c in conditions]
+
+
+def study_folds(cfg: StudyConfig) -> list[int]:
+    """The folds of the study: 0..k-1 under cross-validation, else [-1] (the manifest's own split)."""
+    return list(range(cfg.folds)) if cfg.folds else [-1]
+
+
+def real_fractions(cfg: StudyConfig) -> list[float]:
+    """The real fractions, largest first (the full set is what the report leads with)."""
+    return sorted({float(f) for f in cfg.real_fractions}, reverse=True)
 
 
 def round_half_up(x: float) -> int:
@@ -97,13 +129,15 @@ def synthetic_counts(
     return {c: round_half_up(ratio * n) for c, n in real_counts.items()}
 
 
-def pool_size_per_class(cfg: StudyConfig, real_counts: dict[str, int]) -> int:
-    """Synthetic images per class the pool must hold for the largest condition (at least 1)."""
-    needed = 0
+def pool_counts(cfg: StudyConfig, real_counts: dict[str, int]) -> dict[str, int]:
+    """Synthetic images each class of the pool must hold: the most any condition takes of that class (at least 1,
+    and at least `generator.pool_per_class`). Proportional allocation thus draws fewer images of a small class."""
+    needed = dict.fromkeys(real_counts, 0)
     for cond in build_conditions(cfg):
         if cond.uses_synthetic:
-            needed = max(needed, *synthetic_counts(real_counts, cond.ratio, allocation=cfg.allocation).values())
-    return max(needed, cfg.generator.pool_per_class, 1)
+            for cls, n in synthetic_counts(real_counts, cond.ratio, allocation=cfg.allocation).items():
+                needed[cls] = max(needed[cls], n)
+    return {cls: max(n, cfg.generator.pool_per_class, 1) for cls, n in needed.items()}
 
 
 def pool_order(pool: Sequence[ImageRecord], *, fold: int = -1) -> dict[str, list[str]]:
@@ -124,6 +158,7 @@ class TrainingSet:
     synthetic_ids: list[str]
     samples_per_epoch: int | None
     classifier_overrides: dict
+    pretrain_ids: list[str] = dataclasses.field(default_factory=list)  # pretrain-synthetic: phase 1's images
 
 
 def build_training_set(
@@ -152,4 +187,6 @@ def build_training_set(
         overrides = dict(cfg.augment_only_classifier)
     if not condition.uses_real:
         real_ids = []
+    if condition.kind == PRETRAIN_SYNTHETIC:  # phase 1 on the synthetic images alone, phase 2 on the real ones
+        return TrainingSet(real_ids, [], None, overrides, pretrain_ids=synthetic_ids)
     return TrainingSet(real_ids, synthetic_ids, samples_per_epoch, overrides)

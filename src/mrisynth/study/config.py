@@ -11,6 +11,7 @@ Sections name presets of their own step with `base:` (see mrisynth.config), e.g.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from mrisynth.classify.config import ClassifierConfig
@@ -117,6 +118,10 @@ class StudyConfig:
     controls: list[str] = dataclasses.field(default_factory=list)  # any of names.CONTROLS
     control_ratios: list[float] = dataclasses.field(default_factory=lambda: [1.0])
     augment_only_classifier: dict = dataclasses.field(default_factory=lambda: dict(STRONGER_AUGMENTATION))
+    # Shares of the training patients each arm trains on (and its generator learns from); see study/fractions.py.
+    real_fractions: list[float] = dataclasses.field(default_factory=lambda: [1.0])
+    # Other labelled sets (another site's scans): prepared folders or <class>/<image> trees, scored in every trial.
+    external: list[str] = dataclasses.field(default_factory=list)
     audit: AuditSettings = dataclasses.field(default_factory=AuditSettings)
     alpha: float = 0.05  # family-wise error rate of the verdicts (Holm-corrected)
     bootstrap: int = 2000  # bootstrap resamples for confidence intervals and paired tests
@@ -142,7 +147,25 @@ class StudyConfig:
             raise UserError("alpha must be between 0 and 1, e.g. 0.05")
         if self.bootstrap < 100:
             raise UserError("bootstrap must be at least 100 resamples (2000 is the default)")
+        if not self.real_fractions or any(not 0 < f <= 1 for f in self.real_fractions) or \
+                len(set(self.real_fractions)) != len(self.real_fractions):
+            raise UserError("real_fractions must be distinct numbers in (0, 1], e.g. [0.1, 0.25, 0.5, 1.0]")
+        external_sets(self)  # every external folder exists and has a name of its own
         classifier_for_trial(self, seed=0, extra=self.augment_only_classifier, where="augment_only_classifier.")
+
+
+def external_sets(cfg: StudyConfig) -> dict[str, Path]:
+    """The external sets by name (their folder's name), in the order given; checked to exist and differ."""
+    out: dict[str, Path] = {}
+    for entry in cfg.external:
+        path = Path(entry).expanduser()
+        if not path.is_dir():
+            raise UserError(f"external: {entry} is not a folder; give prepared data folders or <class>/<image> trees")
+        if path.name in out:
+            raise UserError(f"external: two sets are named '{path.name}' ({out[path.name]} and {entry}); give each "
+                            "folder its own name")
+        out[path.name] = path
+    return out
 
 
 def classifier_for_trial(cfg: StudyConfig, *, seed: int, extra: dict | None = None,
@@ -153,6 +176,6 @@ def classifier_for_trial(cfg: StudyConfig, *, seed: int, extra: dict | None = No
     return from_dict(ClassifierConfig, data, where=where)
 
 
-def sample_config_for_pool(cfg: StudyConfig, *, n_per_class: int) -> Any:
-    """The backend's SampleConfig with the pool size the conditions need."""
-    return dataclasses.replace(cfg.generator.sample, n_per_class=n_per_class)
+def sample_config_for_pool(cfg: StudyConfig, *, counts: dict[str, int]) -> Any:
+    """The backend's SampleConfig asked for the pool the conditions need: `counts` images of each class."""
+    return dataclasses.replace(cfg.generator.sample, counts=dict(counts))
