@@ -30,6 +30,7 @@ quality.json:
                                         a class without synthetic images has only the counts and a note)
     D = {"msssim", "msssim_ci", "n_pairs"}   (higher = images more alike = less diverse)
 
+Intervals (fd_ci, kid_ci, msssim_ci) are bootstraps over images, resampling real training images by patient.
 Lower FD/KID is closer. FD, KID's spread and coverage all depend on sample size, so judge synthetic images by
 real_vs_real.synthetic_vs_half against real_vs_real (same reference, same n), not by the raw `overall` value. Precision/recall/density/coverage near 1 for sets from one distribution.
 """
@@ -104,6 +105,8 @@ def run_audit(
     syn_images = np.asarray(syn.images[sel.syn])  # (F, S, S) uint8
     heldout_images = np.asarray(real.images[sel.heldout])
     train_labels = real.labels[sel.train]
+    # Patients of the capped training rows: the intervals resample real images patient by patient.
+    train_groups = np.array([real.records[i].patient_id or f"image:{real.records[i].id}" for i in sel.train])
 
     spaces, space_warnings = build_feature_spaces(
         cfg.feature_spaces, classifier_dir=classifier_dir, inception_weights=cfg.inception_weights,
@@ -121,13 +124,14 @@ def run_audit(
         feature_sets[space.name] = feats
         result["feature_spaces"][space.name] = _space_metrics(
             space.name, {**feats, "train": feats["train"][sel.train_pos]}, classes, train_labels=train_labels,
-            syn_labels=sel.syn_labels, a_pos=sel.half_a, b_pos=sel.half_b, cfg=cfg, rng=rng, rows=metric_rows,
+            train_groups=train_groups, syn_labels=sel.syn_labels, a_pos=sel.half_a, b_pos=sel.half_b, cfg=cfg, rng=rng, rows=metric_rows,
             warnings=warnings)
 
     result["diversity"] = {"image_size": cfg.image_size, "per_class": {
         c: {"synthetic": mean_pairwise_msssim(syn_images[sel.syn_labels == k], n_pairs=cfg.diversity_pairs,
                                               rng=rng),
-            "real": mean_pairwise_msssim(train_images[train_labels == k], n_pairs=cfg.diversity_pairs, rng=rng)}
+            "real": mean_pairwise_msssim(train_images[train_labels == k], n_pairs=cfg.diversity_pairs, rng=rng,
+                                         groups=train_groups[train_labels == k])}
         for k, c in enumerate(classes)}}
 
     syn_records = [syn.records[i] for i in sel.syn]
@@ -263,16 +267,18 @@ def _standardise(space: FeatureSpace, feats: dict[str, np.ndarray]) -> dict[str,
 
 def _space_metrics(
     name: str, feats: dict[str, np.ndarray], classes: list[str], *, train_labels: np.ndarray,
-    syn_labels: np.ndarray, a_pos: np.ndarray, b_pos: np.ndarray, cfg: AuditConfig, rng: np.random.Generator,
+    train_groups: np.ndarray, syn_labels: np.ndarray, a_pos: np.ndarray, b_pos: np.ndarray, cfg: AuditConfig, rng: np.random.Generator,
     rows: list[dict], warnings: list[str],
 ) -> dict:
     """Synthetic-vs-train and the real-vs-real calibration, overall and per class, in one feature space."""
     train, syn = feats["train"], feats["synthetic"]
     notes: dict[str, list[str]] = {}  # note -> where it applies, so each becomes one warning
 
-    def compare(real: np.ndarray, fake: np.ndarray, *, cls: str, comparison: str) -> dict:
-        m = compare_sets(real, fake, cfg.distances, rng=rng)
-        if len(fake) == 0:
+    def compare(real: tuple[np.ndarray, np.ndarray], fake: tuple[np.ndarray, np.ndarray | None], *, cls: str,
+                comparison: str) -> dict:
+        """real and fake as (features, patient of each row or None)."""
+        m = compare_sets(real[0], fake[0], cfg.distances, rng=rng, real_groups=real[1], fake_groups=fake[1])
+        if len(fake[0]) == 0:
             m["notes"].append("no synthetic images in this class")
         for note in m["notes"]:
             notes.setdefault(note, []).append(f"{cls}/{comparison}")
@@ -282,24 +288,33 @@ def _space_metrics(
                      "kid_lo": _ci(m, "kid_ci", 0), "kid_hi": _ci(m, "kid_ci", 1)})
         return m
 
-    def subsample(x: np.ndarray, n: int) -> np.ndarray:
-        return x[np.sort(rng.choice(len(x), n, replace=False))] if len(x) > n else x
+    def subsample(x: tuple[np.ndarray, np.ndarray | None], n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if len(x[0]) <= n:
+            return x
+        keep = np.sort(rng.choice(len(x[0]), n, replace=False))
+        return x[0][keep], None if x[1] is None else x[1][keep]
 
-    def calibrate(half_a: np.ndarray, half_b: np.ndarray, fake: np.ndarray, cls: str) -> tuple[dict, dict]:
+    def calibrate(half_a: tuple, half_b: tuple, fake: tuple, cls: str) -> tuple[dict, dict]:
         # Half B and the synthetic set at one size n: the two comparisons with half A differ only in the images.
-        n = min(len(half_b), len(fake)) or len(half_b)
+        n = min(len(half_b[0]), len(fake[0])) or len(half_b[0])
         return (compare(half_a, subsample(half_b, n), cls=cls, comparison="real_half_vs_half"),
                 compare(half_a, subsample(fake, n), cls=cls, comparison="synthetic_vs_half"))
 
-    a_labels, b_labels = train_labels[a_pos], train_labels[b_pos]
-    result: dict = {"overall": compare(train, syn, cls="all", comparison="synthetic_vs_train"), "per_class": {}}
+    def real_rows(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return train[mask], train_groups[mask]
+
+    in_a, in_b = np.zeros(len(train), bool), np.zeros(len(train), bool)
+    in_a[a_pos], in_b[b_pos] = True, True
+    result: dict = {"overall": compare((train, train_groups), (syn, None), cls="all", comparison="synthetic_vs_train"),
+                    "per_class": {}}
     rvr: dict = {"per_class": {}, "synthetic_vs_half": {"per_class": {}}}
-    rvr["overall"], rvr["synthetic_vs_half"]["overall"] = calibrate(train[a_pos], train[b_pos], syn, "all")
+    rvr["overall"], rvr["synthetic_vs_half"]["overall"] = calibrate(real_rows(in_a), real_rows(in_b), (syn, None),
+                                                                    "all")
     for k, c in enumerate(classes):
-        real_c, syn_c = train[train_labels == k], syn[syn_labels == k]
-        result["per_class"][c] = compare(real_c, syn_c, cls=c, comparison="synthetic_vs_train")
+        of_class, syn_c = train_labels == k, (syn[syn_labels == k], None)
+        result["per_class"][c] = compare(real_rows(of_class), syn_c, cls=c, comparison="synthetic_vs_train")
         rvr["per_class"][c], rvr["synthetic_vs_half"]["per_class"][c] = calibrate(
-            train[a_pos][a_labels == k], train[b_pos][b_labels == k], syn_c, c)
+            real_rows(in_a & of_class), real_rows(in_b & of_class), syn_c, c)
     result["real_vs_real"] = rvr
     for note, where in notes.items():
         shown = ", ".join(where[:4]) + (f" and {len(where) - 4} more" if len(where) > 4 else "")
