@@ -197,7 +197,6 @@ def test_a_class_with_share_zero_gets_no_folder_and_prepares(tmp_path):
 
 def test_data_prepare_reads_the_phantom_unchanged(tmp_path):
     """The phantom's layout is what `mrisynth data prepare` reads: ids, classes, patients and masks survive."""
-    pytest.importorskip("mrisynth.data.prepare")
     from mrisynth.cli import main
     from mrisynth.data.manifest import load_manifest
 
