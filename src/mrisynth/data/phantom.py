@@ -38,12 +38,14 @@ from mrisynth.data.phantom_anatomy import (
     to_uint8_image,
 )
 from mrisynth.data.phantom_lesions import CLASSES, lesion_distance, render_lesion, sample_lesion, slice_levels
+from mrisynth.data.phantom_site import apply_site, get_site, site_head
 from mrisynth.errors import UserError
-from mrisynth.files import atomic_path, ensure_writable_dir
+from mrisynth.files import atomic_path, claim_output_dir, write_text
 from mrisynth.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 METADATA_NAME = "metadata.csv"
+METADATA_COLUMNS = ("id", "patient_id", "class", "slice", "level")
 MIN_SIZE = 16
 # Intensity mapped to grey level 255: chosen so that the mean head intensity matches the real data (~75).
 WHITE_LEVEL = 1.38
@@ -62,6 +64,7 @@ class PhantomConfig:
         default_factory=lambda: {"glioma": 1.0, "meningioma": 1.0, "pituitary": 1.0}
     )
     workers: int = 0  # processes; 0 = up to 2 (the output does not depend on it)
+    site: str = "A"  # scanner (data/phantom_site.py): A = the original phantom, B = another hospital's scanner
 
 
 def check_config(cfg: PhantomConfig) -> None:
@@ -76,6 +79,7 @@ def check_config(cfg: PhantomConfig) -> None:
         raise UserError(f"--difficulty must be between 0 and 1 (got {cfg.difficulty})")
     if cfg.workers < 0:
         raise UserError(f"workers must be 0 (automatic) or more (got {cfg.workers})")
+    get_site(cfg.site)
     unknown = sorted(set(cfg.class_shares) - set(CLASSES))
     if unknown:
         raise UserError(f"unknown class '{unknown[0]}' in class_shares; use {', '.join(CLASSES)}")
@@ -109,7 +113,8 @@ def render_patient(cfg: PhantomConfig, index: int, kind: str) -> list[tuple[str,
     # In small images keep the lesion at least 3 pixels in radius, so that every slice shows it.
     lesion = dataclasses.replace(lesion, radius=max(lesion.radius, 3 * pixel))
     levels = slice_levels(lesion, cfg.slices_per_patient, rng, difficulty=cfg.difficulty, pixel=pixel)
-    maps = build_head_maps(cfg.size, head)
+    site = get_site(cfg.site)
+    maps = build_head_maps(cfg.size, site_head(head, site))  # a site changes the framing, not the anatomy
     dist = lesion_distance(maps, lesion)
     out = []
     for s, z in enumerate(levels):
@@ -117,18 +122,21 @@ def render_patient(cfg: PhantomConfig, index: int, kind: str) -> list[tuple[str,
         anat = render_anatomy(maps, float(z), head, pixel=pixel)
         img, mask = render_lesion(anat, maps, dist, float(z), lesion, pixel=pixel)
         img = apply_nuisances(img, slice_rng, difficulty=cfg.difficulty)
+        # Its own stream: the anatomy's draws above are the same at every site.
+        img = apply_site(img, site, np.random.default_rng(derive_seed("phantom-site", site.name, cfg.seed, index, s)))
         out.append((f"{patient_id(index)}-{s:02d}", float(z), to_uint8_image(img, white_level=WHITE_LEVEL),
                     mask.astype(np.uint8) * 255))
     return out
 
 
-def _render_job(job: tuple[PhantomConfig, int, str, Path]) -> list[tuple[str, str, str, str, str]]:
-    """Render one patient and save its PNGs under `root` (in the worker: encoding runs in parallel too)."""
-    cfg, index, kind, root = job
+def _render_job(job: tuple[PhantomConfig, int, str, Path, Path]) -> list[tuple[str, str, str, str, str]]:
+    """Render one patient and save its PNGs under `images` and `masks` (in the worker: encoding runs in parallel
+    too)."""
+    cfg, index, kind, images, masks = job
     rows = []
     for s, (image_id, level, img, mask) in enumerate(render_patient(cfg, index, kind)):
-        save_grayscale_png(img, root / "images" / kind / f"{image_id}.png")
-        save_grayscale_png(mask, root / "masks" / kind / f"{image_id}.png")
+        save_grayscale_png(img, images / kind / f"{image_id}.png")
+        save_grayscale_png(mask, masks / kind / f"{image_id}.png")
         rows.append((image_id, patient_id(index), kind, f"{s:02d}", f"{level:.4f}"))
     return rows
 
@@ -137,35 +145,45 @@ def run_phantom(cfg: PhantomConfig, out_dir: str | os.PathLike) -> Path:
     """Write a phantom data set to `out_dir` (replacing an earlier phantom there) and return its path."""
     check_config(cfg)
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / METADATA_NAME).is_file():
-        raise UserError(f"{out_dir} exists and is not a phantom folder; choose a new --out or empty it")
-    ensure_writable_dir(out_dir.parent)
     classes = assign_classes(cfg)
     workers = cfg.workers or min(2, os.cpu_count() or 1)
     rows = []
-    # Written into a temporary folder renamed at the end: a crash never leaves a half phantom behind.
-    with atomic_path(out_dir, suffix="") as tmp:
-        # Folders only for classes that get patients: `data prepare` refuses an empty class folder.
-        for kind in sorted(set(classes)):
-            (tmp / "images" / kind).mkdir(parents=True)
-            (tmp / "masks" / kind).mkdir(parents=True)
-        jobs = [(cfg, i, kind, tmp) for i, kind in enumerate(classes)]
-        with ProcessPoolExecutor(workers) if workers > 1 else _InlineExecutor() as pool:
-            results = pool.map(_render_job, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
-            for patient_rows in tqdm(results, total=len(jobs), unit="patient", desc="phantom", leave=False):
-                rows.extend(patient_rows)
-        _write_metadata(rows, tmp / METADATA_NAME)
-        save_config(cfg, tmp / "config.yaml")
+    # A folder that holds anything but an earlier phantom is refused before anything is written.
+    with claim_output_dir(out_dir, "phantom", legacy=_is_earlier_phantom) as out:
+        # metadata.csv marks a complete phantom: it goes first and comes back last, so a crash never leaves a
+        # half phantom that looks whole. images/ and masks/ are built under temporary names and swapped in.
+        (out / METADATA_NAME).unlink(missing_ok=True)
+        with atomic_path(out / "images", suffix="") as images, atomic_path(out / "masks", suffix="") as masks:
+            # Folders only for classes that get patients: `data prepare` refuses an empty class folder.
+            for kind in sorted(set(classes)):
+                (images / kind).mkdir(parents=True)
+                (masks / kind).mkdir(parents=True)
+            jobs = [(cfg, i, kind, images, masks) for i, kind in enumerate(classes)]
+            with ProcessPoolExecutor(workers) if workers > 1 else _InlineExecutor() as pool:
+                results = pool.map(_render_job, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+                for patient_rows in tqdm(results, total=len(jobs), unit="patient", desc="phantom", leave=False):
+                    rows.extend(patient_rows)
+        save_config(cfg, out / "config.yaml")
+        _write_metadata(rows, out / METADATA_NAME)
     log.info("phantom: %d patients, %d slices at %d px in %s", cfg.patients, len(rows), cfg.size, out_dir)
     return out_dir
+
+
+def _is_earlier_phantom(path: Path) -> bool:
+    """A phantom written before output markers existed: its metadata header, config and image folders."""
+    meta = path / METADATA_NAME
+    if not (meta.is_file() and (path / "config.yaml").is_file() and (path / "images").is_dir()):
+        return False
+    with open(meta, encoding="utf-8", errors="replace") as f:
+        return f.readline().strip() == ",".join(METADATA_COLUMNS)
 
 
 def _write_metadata(rows: list[tuple], path: Path) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "patient_id", "class", "slice", "level"])
+    writer.writerow(METADATA_COLUMNS)
     writer.writerows(rows)
-    path.write_text(buf.getvalue(), encoding="utf-8")
+    write_text(path, buf.getvalue())
 
 
 class _InlineExecutor:
