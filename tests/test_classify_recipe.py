@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mrisynth.checkpoint import load_state, load_weights
-from mrisynth.classify import ClassifierConfig, TrainData, build_classifier, fit
+from mrisynth.classify import ClassifierConfig, TrainData, build_classifier, fit, load_classifier
 from mrisynth.classify import train as train_module
 from mrisynth.classify.config import AugmentConfig
 from mrisynth.classify.data import DeviceSet
@@ -64,9 +64,19 @@ def test_fast_preset_on_gpu_uses_bf16_channels_last_compile(tiny_manifest_dir, t
         pytest.skip("needs a CUDA device")
     base = merge_dicts(preset_values(ClassifierConfig, "fast"), preset_values(ClassifierConfig, "tiny"))
     cfg = load_config(ClassifierConfig, base=base, overrides=["epochs=2", "batch_size=9", "device=cuda"])
-    result = fit(cfg, TrainData(real_dir=tiny_manifest_dir), tmp_path / "run")
+    run = tmp_path / "run"
+    result = fit(cfg, TrainData(real_dir=tiny_manifest_dir), run)
     assert result["device"].startswith("cuda") and result["epochs_run"] == 2
-    assert 0.0 <= result["test"]["accuracy"] <= 1.0
+    # What was scored on the GPU (bf16, channels_last, compiled) is what the saved best model gives on the CPU:
+    # the fast path must not score other weights or other images than it saves.
+    model, info = load_classifier(run)
+    cache = load_cache(tiny_manifest_dir, info["image_size"])
+    test = cache.indices("test")
+    _, probs = real_evaluate(model, cache.images[test], cache.labels[test], batch_size=64, device="cpu")
+    rows = [r for r in csv.DictReader(open(run / "predictions.csv")) if r["split"] == "test"]
+    saved = np.array([[float(r[f"prob_{c}"]) for c in info["classes"]] for r in rows])
+    np.testing.assert_allclose(saved, probs, atol=0.03)  # bf16 autocast against fp32
+    assert [r["id"] for r in rows] == [cache.records[i].id for i in test]
 
 
 # ---- the recipe as a user relies on it, through `fit` ---------------------------------------------------------
@@ -210,3 +220,30 @@ def test_fit_applies_the_configured_augmentation(tiny_manifest_dir, tmp_path):
     fit(_tiny(epochs=1), data, tmp_path / "on-again")
     on, off, again = (_metrics(tmp_path / n)[0]["train_loss"] for n in ("on", "off", "on-again"))
     assert on == again and on != off
+
+
+class _FixedLogits(nn.Module):
+    """Logits (2, 0, 0) for every image whatever it shows; lr 0 keeps them there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([2.0, 0.0, 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), 3)
+
+
+def test_label_smoothing_enters_the_training_loss():
+    # True class 0 with logits (2, 0, 0): -log p0 = log(1 + 2 e^-2) = 0.23954, -log p1 = -log p2 = 2.23954.
+    # Smoothing 0.3 over 3 classes: 0.7 x 0.23954 + 0.3 x mean(0.23954, 2.23954, 2.23954) = 0.63954.
+    images = torch.zeros(8, 1, 16, 16, dtype=torch.uint8)
+    data = DeviceSet(images=images, labels=torch.zeros(8, dtype=torch.long), ids=[str(i) for i in range(8)])
+    losses = []
+    for smoothing in (0.0, 0.3):
+        model = _FixedLogits()
+        stats = train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), data, torch.arange(8),
+                                augment=AugmentConfig(enabled=False), generator=torch.Generator().manual_seed(0),
+                                batch_size=4, label_smoothing=smoothing)
+        losses.append(stats["train_loss"])
+        assert stats["train_acc"] == 1.0 and stats["images"] == 8
+    assert losses == pytest.approx([0.23954, 0.63954], abs=1e-5)
