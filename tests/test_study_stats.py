@@ -194,7 +194,7 @@ def test_intervals_beside_verdicts_agree_with_them_over_many_random_studies():
         base = rng.random((runs, n)) < 0.7
         results = [stats.run_patient_test(base, rng.random((runs, n)) < 0.7 + rng.normal(0, 0.12), patients)
                    for _ in range(m)]
-        results = [r for r in results if r["se"] > 0]
+        results = [r for r in results if r["p"] is not None and r["se"] > 0]
         adjusted, levels = stats.holm_levels([r["p"] for r in results], alpha=0.05)
         for r, p_holm, level in zip(results, adjusted, levels):
             lo, hi = stats.t_interval_at(r["diff"], r["se"], r["df"], level)
@@ -202,3 +202,13 @@ def test_intervals_beside_verdicts_agree_with_them_over_many_random_studies():
             checked[word] += 1
             assert (word == "helps") == (lo > 0) and (word == "hurts") == (hi < 0), (word, lo, hi, p_holm)
     assert min(checked.values()) > 20  # every verdict was exercised
+
+
+def test_a_difference_without_any_spread_is_not_claimed_with_certainty():
+    # 2 runs x 3 patients, every patient gains one slice in both runs: the observed spread is 0, which
+    # would give p = 0 and "helps" from six numbers.
+    a = np.zeros((2, 9), bool)
+    b = a.copy()
+    b[:, [0, 3, 6]] = True
+    result = stats.run_patient_test(a, b, np.repeat(np.arange(3), 3))
+    assert result["diff"] == pytest.approx(1 / 3) and result["p"] is None

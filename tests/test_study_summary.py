@@ -8,8 +8,7 @@ import pytest
 from mrisynth.files import read_json, write_csv
 from mrisynth.report import run_report
 from mrisynth.report.markdown import best_sentence, verdict_rows
-from mrisynth.study import run_study
-from mrisynth.study import summary
+from mrisynth.study import run_study, summary
 from mrisynth.study.comparisons import apply_holm, compare
 from test_study_runner import install_fakes, small_config
 
@@ -167,7 +166,7 @@ def test_audit_warnings_flag_a_far_or_copying_synthetic_set(tmp_path):
 
 def test_a_full_run_clusters_by_patient_and_warns_about_power(tiny_manifest_dir, tmp_path, fakes):
     run = tmp_path / "run"
-    run_study(small_config(tiny_manifest_dir), run)
+    run_study(small_config(tiny_manifest_dir), run, report=run_report)
     result = read_json(run / "report" / "summary.json")
     comparison = {c["name"]: c.get("comparison") for c in result["conditions"]}["r1"]
     assert comparison["cluster_unit"] == "patient" and comparison["n_clusters"] == 3  # 9 test slices, 3 patients
@@ -178,7 +177,7 @@ def test_a_full_run_clusters_by_patient_and_warns_about_power(tiny_manifest_dir,
 
 def test_a_finished_trial_without_predictions_is_reported_incomplete(tiny_manifest_dir, tmp_path, fakes):
     run = tmp_path / "run"
-    run_study(small_config(tiny_manifest_dir), run, make_report=False)
+    run_study(small_config(tiny_manifest_dir), run)
     (run / "trials" / "r1-s0" / "predictions.csv").unlink()
     result = read_json(run_report(run) / "summary.json")
     verdicts = {c["name"]: (c.get("comparison") or {}).get("verdict") for c in result["conditions"]}
@@ -191,7 +190,7 @@ def test_a_finished_trial_without_predictions_is_reported_incomplete(tiny_manife
 
 def test_a_study_without_a_finished_baseline_says_no_comparison_was_made(tiny_manifest_dir, tmp_path, fakes):
     run = tmp_path / "run"
-    run_study(small_config(tiny_manifest_dir), run, make_report=False)
+    run_study(small_config(tiny_manifest_dir), run)
     for seed in (0, 1):
         (run / "trials" / f"r0-s{seed}" / "result.json").unlink()
     result = read_json(run_report(run) / "summary.json")

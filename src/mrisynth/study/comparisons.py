@@ -6,7 +6,8 @@ that cannot be made says why in `verdict` and `reason` instead of reading "no de
 
     "incomplete"     a trial of the condition or of real-only has no test predictions (predictions.csv)
     "not compared"   real-only has no finished trial, so there is nothing to pair with
-    "not testable"   one run per condition: the run-to-run spread, hence any p, is unknown
+    "not testable"   one run per condition, or a difference with no spread at all between runs and patients:
+                     the error of Δ, hence any p, cannot be estimated
 """
 
 from __future__ import annotations
@@ -80,8 +81,11 @@ def compare(baseline: list[dict], group: list[dict], *, n_boot: int, seed: int,
                  "mcnemar_per_seed": [{"seed": s, **stats.mcnemar(a[i], b[i])} for i, s in enumerate(seeds)]}
     out = {**test, "test": "runs x patients t (crossed, Satterthwaite df)", "cluster_unit": unit,
            "n_images": len(ids), "seeds": seeds, "secondary": secondary}
-    if test["p"] is None:
+    if test["p"] is None and test["n_runs"] < 2:
         out.update(verdict=NOT_TESTABLE, reason="one run per condition: the run-to-run spread is unknown")
+    elif test["p"] is None:
+        out.update(verdict=NOT_TESTABLE, reason="every run and every test patient moved by the same amount, so "
+                   "the error of Δ cannot be estimated (too few runs or patients)")
     return out
 
 

@@ -227,20 +227,21 @@ def crossed_variance(totals: np.ndarray, sizes: np.ndarray) -> dict:
 
 
 def t_p_value(diff: np.ndarray, var: np.ndarray, df: np.ndarray) -> np.ndarray:
-    """Two-sided p of diff / sqrt(var) against t(df); 1 for no difference at all, 0 for a difference with
-    no spread (every run and patient moved by the same amount)."""
+    """Two-sided p of diff / sqrt(var) against t(df); 1 where the variance is 0 (no spread observed: no
+    evidence either way; `run_patient_test` then gives no p at all)."""
     diff, var = np.asarray(diff, dtype=float), np.asarray(var, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.abs(diff) / np.sqrt(var)
-    p = 2 * sstats.t.sf(t, df)
-    return np.where(var > 0, p, np.where(diff == 0, 1.0, 0.0))
+    return np.where(var > 0, 2 * sstats.t.sf(t, df), 1.0)
 
 
 def run_patient_test(correct_a: np.ndarray, correct_b: np.ndarray, clusters: Sequence) -> dict:
     """The test of record: b - a over S paired runs (S, N) on the same N test images clustered by patient.
 
-    Needs S >= 2 runs (with one run the run-to-run spread is unknown and p is None). diff is a fraction
-    (0.01 = 1 point); se its standard error; df the Satterthwaite degrees of freedom.
+    Needs S >= 2 runs (with one run the run-to-run spread is unknown and p is None). p is None too when a
+    difference shows no spread at all between runs and patients (2 runs x 3 patients that all moved alike):
+    its error cannot be estimated, and a zero error would claim certainty. diff is a fraction (0.01 = 1
+    point); se its standard error; df the Satterthwaite degrees of freedom.
     """
     a = np.atleast_2d(np.asarray(correct_a, dtype=float))  # (S, N)
     b = np.atleast_2d(np.asarray(correct_b, dtype=float))
@@ -252,6 +253,8 @@ def run_patient_test(correct_a: np.ndarray, correct_b: np.ndarray, clusters: Seq
     if a.shape[0] < 2:
         return {**out, "se": None, "df": None, "p": None}
     c = crossed_variance(totals, sizes)
+    if c["var"] <= 0 and out["diff"] != 0:
+        return {**out, "se": None, "df": None, "p": None}
     p = float(t_p_value(c["diff"], c["var"], c["df"]))
     return {**out, "se": float(np.sqrt(c["var"])), "df": float(c["df"]), "p": p,
             **{k: float(c[k]) for k in ("var_run", "var_patient", "var_interaction")}}
