@@ -111,10 +111,13 @@ def test_generation_killed_then_rerun_gives_identical_images(tiny_manifest_dir, 
     assert (crashed / "manifest.csv").read_text().count("\n") == 37  # header + 3 classes x 12
 
 
-@pytest.mark.slow
+# In the default run: one short classifier run (about 15 s on 2 loaded cores) guards resume end to end.
 def test_classifier_trial_killed_then_rerun_gives_identical_result(tiny_manifest_dir, tmp_path):
+    # A warm-up + cosine schedule moves the LR every step: a resume that lost the scheduler's state would restart
+    # the warm-up, and the LRs after the kill would differ from the uninterrupted run's.
     args = ["classifier", "train", "--data", str(tiny_manifest_dir), "--preset", "tiny", "--set", "epochs=8",
-            "--set", "early_stopping_patience=null"]
+            "--set", "early_stopping_patience=null", "--set", "schedule=cosine", "--set", "warmup_epochs=2",
+            "--set", "min_lr=0.00001"]
     _run(_command(*args, "--out", str(tmp_path / "straight")))
     crashed = tmp_path / "crashed"
     # one metrics.jsonl line per epoch
@@ -127,6 +130,12 @@ def test_classifier_trial_killed_then_rerun_gives_identical_result(tiny_manifest
         result = json.loads((folder / "result.json").read_text())
         return {k: result[k] for k in ("val", "test", "best_epoch", "epochs_run")}
 
+    def lrs(folder: Path) -> list[float]:
+        return [json.loads(line)["lr"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    straight = lrs(tmp_path / "straight")
+    assert len(straight) == 8 and straight[2] > straight[3] > straight[7]  # it drops after the warm-up
+    assert lrs(crashed) == straight
     assert outcome(crashed) == outcome(tmp_path / "straight")
     assert (crashed / "best.safetensors").read_bytes() == (tmp_path / "straight" / "best.safetensors").read_bytes()
     assert (crashed / "predictions.csv").read_text() == (tmp_path / "straight" / "predictions.csv").read_text()

@@ -24,7 +24,7 @@ TINY = {
 }
 
 
-@pytest.mark.slow
+# In the default run (about 9 s on 2 loaded cores): the whole pipeline, real components, once.
 def test_tiny_real_study_end_to_end(tmp_path, capsys):
     cfg = from_dict(StudyConfig, TINY)
     run = tmp_path / "run"
