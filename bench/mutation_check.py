@@ -101,14 +101,14 @@ def run_mutant(copy: Path, m: Mutant, timeout: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="comma-separated groups (classify, data, study, generate)")
+    parser.add_argument("--only", default="", help="comma-separated groups (classify, data, study, generate) or mutant names")
     parser.add_argument("--working-tree", action="store_true", help="test the working tree's files, not HEAD")
     parser.add_argument("--list", action="store_true", help="print the mutants and exit")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per mutant's test run")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "mutation_check.json")
     args = parser.parse_args(argv)
     groups = set(filter(None, args.only.split(",")))
-    mutants = [m for m in MUTANTS if not groups or m.group in groups]
+    mutants = [m for m in MUTANTS if not groups or m.group in groups or m.name in groups]
     if args.list:
         for m in mutants:
             print(f"{m.name:28s} {m.file:24s} {m.why}")
