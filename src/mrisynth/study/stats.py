@@ -17,17 +17,21 @@ Where the data have no patient IDs, each image is its own cluster (the report sa
 
 Why this and not the alternatives (measured with bench/stats_calibration.py, BENCHMARKS.md):
 - the former test of record, a per-image sign-flip test on seed-averaged differences, ignores run-to-run
-  variation and patient clustering: up to 100% false "helps/hurts" in null studies (identical recipes)
-  once the seed-to-seed SD is a few points;
+  variation and patient clustering: 10-60% false "helps/hurts" in null studies (identical recipes) once the
+  seed-to-seed SD is a few points or slices cluster by patient (worst 60.1% of 1000 studies);
+- a paired t-test across runs alone holds in those null studies (worst 7.0%) but not when the condition
+  helps some patients and hurts others with no effect on average: 14-22% with 10 runs (this test: <= 6.3%);
 - permutation over runs cannot reach p < 0.05 with 3-5 runs (2^3 sign patterns: smallest two-sided p 0.25);
 - flipping signs per patient within a run breaks the run's common effect (anti-conservative when the
   seed-to-seed SD is large); a bootstrap over 3 runs underestimates their spread by (S - 1) / S and ignores
   the t quantile;
-- a mixed model (statsmodels MixedLM with crossed effects) estimates the same components far more slowly and
-  fails to converge on the many near-singular fits a small study produces.
-The crossed t-test keeps the false-positive rate at or below 5% (within Monte-Carlo error) across every
-simulated scenario; its price is low power with 3 runs, which the report states as the minimum detectable
-difference (80% power) beside every "no detectable difference".
+- a mixed model (statsmodels MixedLM, crossed run and patient variance components) estimates the same
+  components ~9000x more slowly (193 ms vs 0.02 ms a study, 3 runs x 150 slices) and warned of
+  non-convergence or a boundary fit in 18 of 20 null studies.
+The crossed t-test keeps the false-positive rate near 5% in every one of 81 simulated null scenarios (worst
+6.5% of 1000 studies; 5.3% of 8000 rerun in that scenario); its price is low power with 3 runs (a 5-point
+gain on 600 slices is found 30% of the time), which the report states as the minimum detectable difference
+(80% power) beside every "no detectable difference".
 
 Multiplicity. Comparisons with real-only are Holm-corrected. The interval beside a verdict is the t interval
 at level 1 - alpha * p / p_holm, the level at which Holm tested that comparison, so it excludes 0 exactly
