@@ -15,6 +15,7 @@ from mrisynth.generate.resume import check_resume_settings, drop_records_after
 def _add(writer: SyntheticWriter, i: int) -> None:
     writer.add(np.full((8, 8), i, np.uint8), image_id=synthetic_id("b", i), class_name="b", seed=i, steps=2,
                guidance=1.5)
+    writer.flush()  # recorded now, as after a finished batch
 
 
 def test_writer_resumes_and_writes_a_manifest_of_one_channel_pngs(tmp_path):

@@ -106,3 +106,10 @@ SAMPLE_PRESETS: dict[str, dict] = {
     "quality": {"sampler": "ddim", "steps": 50},
 }
 
+
+
+def sample_recipe(preset: str) -> SampleConfig:
+    """The SampleConfig of a SAMPLE_PRESETS name ("" = the defaults): the recipe training previews draw with."""
+    from mrisynth.config import from_dict, preset_dict
+
+    return from_dict(SampleConfig, preset_dict(SAMPLE_PRESETS, preset or None, "ddpm sampling"))

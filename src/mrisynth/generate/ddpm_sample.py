@@ -25,13 +25,14 @@ from mrisynth.generate.ddpm_model import (
     to_uint8_images,
 )
 from mrisynth.generate.output import SyntheticWriter, synthetic_id
+from mrisynth.generate.recipe import check_guidance, per_class_counts
 from mrisynth.generate.resume import check_resume_settings
 from mrisynth.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
 # A rerun may change how the work is cut up, not what each image is.
-_MAY_CHANGE = ("n_per_class", "classes", "batch_size", "device")
+_MAY_CHANGE = ("n_per_class", "counts", "classes", "batch_size", "device")
 
 
 def load_unet(gen_dir: str | os.PathLike, *, device: torch.device) -> UNet2DModel:
@@ -39,7 +40,12 @@ def load_unet(gen_dir: str | os.PathLike, *, device: torch.device) -> UNet2DMode
     path = Path(gen_dir) / "unet"
     if not path.is_dir():
         raise UserError(f"{gen_dir} has no unet/ folder; train it again with `mrisynth generator train`")
-    return UNet2DModel.from_pretrained(path, local_files_only=True).to(device).eval()
+    try:
+        unet = UNet2DModel.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:  # truncated, foreign or missing weights
+        raise UserError(f"cannot load the UNet in {path} ({exc.__class__.__name__}); the generator is damaged: "
+                        "train it again with `mrisynth generator train`") from exc
+    return unet.to(device).eval()
 
 
 def image_seed(seed: int, class_name: str, index: int) -> int:
@@ -65,40 +71,51 @@ def generate(
 
 
 def run_sample(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | os.PathLike) -> Path:
-    """Write `cfg.n_per_class` images per class to `out_dir` (PNGs + manifest.csv); a rerun skips finished ones."""
+    """Write the requested images per class to `out_dir` (PNGs + manifest.csv); a rerun skips finished ones."""
     info = read_generator_info(gen_dir)
     if info.get("backend") != "ddpm":
         raise UserError(f"{gen_dir} is a '{info.get('backend')}' generator, not a ddpm one")
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.n_per_class < 1:
         raise UserError("steps, batch_size and n_per_class must all be at least 1")
-    if cfg.guidance < 0:
-        raise UserError(f"guidance must be 0 or more (1 = no guidance); got {cfg.guidance}")
+    check_guidance(cfg.guidance)
     classes: list[str] = info["classes"]
     unknown = sorted(set(cfg.classes) - set(classes))
     if unknown:
         raise UserError(f"class '{unknown[0]}' is not one the generator knows; use some of {', '.join(classes)}")
+    counts = per_class_counts(cfg.classes or classes, n_per_class=cfg.n_per_class, counts=cfg.counts)
+    checksum = verified_unet_checksum(gen_dir, info)  # weights changed since training are refused here
     device = resolve_device(cfg.device)
     unet = load_unet(gen_dir, device=device)
     scheduler_config = DDPMScheduler.load_config(Path(gen_dir) / "scheduler", local_files_only=True)
 
     out = Path(out_dir)
     check_resume_settings(out / "config.yaml", cfg, may_change=_MAY_CHANGE)
-    writer = SyntheticWriter(out, classes, generator_sha256=sha256_dir(Path(gen_dir) / "unet"))
-    save_config(cfg, out / "config.yaml")
-    done = writer.existing_ids()
-    wanted = [(c, i) for c in (cfg.classes or classes) for i in range(cfg.n_per_class)]
-    todo = [(c, i) for c, i in wanted if synthetic_id(c, i) not in done]
-    log.info("sampling %d images (%d already written) with %s, %d steps, guidance %.2g",
-             len(todo), len(done), cfg.sampler, cfg.steps, cfg.guidance)
-    with tqdm(total=len(todo), desc="ddpm sample", unit="img") as bar:
-        for start in range(0, len(todo), cfg.batch_size):
-            batch = todo[start:start + cfg.batch_size]
-            seeds = [image_seed(cfg.seed, c, i) for c, i in batch]
-            images = generate(unet, scheduler_config, [classes.index(c) for c, _ in batch], seeds,
-                              sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance)
-            for (class_name, index), seed, image in zip(batch, seeds, images):
-                writer.add(image, image_id=synthetic_id(class_name, index), class_name=class_name, seed=seed,
-                           steps=cfg.steps, guidance=cfg.guidance)
-            bar.update(len(batch))
-    writer.finish(keep={synthetic_id(c, i) for c, i in wanted})
+    with SyntheticWriter(out, classes, generator_sha256=checksum) as writer:
+        save_config(cfg, out / "config.yaml")
+        done = writer.existing_ids()
+        wanted = [(c, i) for c, n in counts.items() for i in range(n)]
+        todo = [(c, i) for c, i in wanted if synthetic_id(c, i) not in done]
+        log.info("sampling %d images (%d already written) with %s, %d steps, guidance %.2g",
+                 len(todo), len(done), cfg.sampler, cfg.steps, cfg.guidance)
+        with tqdm(total=len(todo), desc="ddpm sample", unit="img") as bar:
+            for start in range(0, len(todo), cfg.batch_size):
+                batch = todo[start:start + cfg.batch_size]
+                seeds = [image_seed(cfg.seed, c, i) for c, i in batch]
+                images = generate(unet, scheduler_config, [classes.index(c) for c, _ in batch], seeds,
+                                  sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance)
+                for (class_name, index), seed, image in zip(batch, seeds, images):
+                    writer.add(image, image_id=synthetic_id(class_name, index), class_name=class_name, seed=seed,
+                               steps=cfg.steps, guidance=cfg.guidance)
+                writer.end_batch()  # the PNGs are written while the next batch is drawn
+                bar.update(len(batch))
+        writer.finish(keep={synthetic_id(c, i) for c, i in wanted})
     return out
+
+
+def verified_unet_checksum(gen_dir: str | os.PathLike, info: dict) -> str:
+    """SHA-256 of GEN/unet/, refused when it differs from the one generator.json recorded at training."""
+    actual = sha256_dir(Path(gen_dir) / "unet")
+    if info.get("sha256") and actual != info["sha256"]:
+        raise UserError(f"{Path(gen_dir) / 'unet'} changed since the generator was trained (sha256 differs from "
+                        "generator.json); restore the original files or train the generator again")
+    return actual

@@ -2,13 +2,16 @@
 
     GEN/config.yaml          resolved TrainConfig
     GEN/metrics.jsonl        loss curve (one line per `log_every` steps)
-    GEN/samples/*.png        preview grids from the EMA model, one row per class
+    GEN/samples/*.png        preview grids from the EMA model, one row per class, with the sampling recipe
+    GEN/metrics.jsonl        also {"step", "val_*"} records every `val_every` steps (generate/validation.py)
+    GEN/best/                the best-scoring EMA weights (keep_best only); they become GEN/unet/
     GEN/checkpoint/          unet.safetensors, ema.safetensors, state.pt (optimizer, lr schedule, RNG, step)
     GEN/unet/ GEN/scheduler/ the final EMA model and noise schedule (`save_pretrained` folders)
     GEN/generator.json       {"backend": "ddpm", "data_dir", "classes", "image_size", "sha256"}
 
 All randomness of a step (batch indices, flips, label dropout, noise, timesteps) comes from one torch.Generator
 whose state is checkpointed, so "N steps straight" and "k steps, crash, resume to N" give identical weights.
+A resume is refused when the train split it learned from (ids, labels, pixels) changed since.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
@@ -40,7 +42,7 @@ from mrisynth.files import (
     write_json,
 )
 from mrisynth.generate import GENERATOR_JSON
-from mrisynth.generate.ddpm_config import SampleConfig, TrainConfig
+from mrisynth.generate.ddpm_config import SampleConfig, TrainConfig, sample_recipe
 from mrisynth.generate.ddpm_model import (
     autocast,
     build_noise_scheduler,
@@ -54,7 +56,22 @@ from mrisynth.generate.ddpm_model import (
     to_uint8_images,
     update_ema,
 )
+from mrisynth.generate.recipe import (
+    check_guidance,
+    min_snr_weights,
+    offset_noise,
+    training_set_fingerprint,
+    uses_guidance,
+    weighted_mse,
+)
 from mrisynth.generate.resume import check_resume_settings, drop_records_after
+from mrisynth.generate.validation import (
+    BestKeeper,
+    ValidationFn,
+    check_validation_settings,
+    validation_draw,
+    validation_record,
+)
 from mrisynth.seeding import derive_seed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -62,7 +79,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"
 # Settings that may differ when a run is resumed: they change neither the model nor the random stream.
 _MAY_CHANGE = ("steps", "log_every", "checkpoint_every", "grid_every", "grid_per_class", "grid_steps", "device",
-               "compile")
+               "compile", "sample_preset", "val_every", "val_per_class")
 
 
 @dataclasses.dataclass
@@ -72,6 +89,7 @@ class TrainingData:
     images: torch.Tensor  # (N, 1, S, S) uint8
     labels: torch.Tensor  # (N,) int64
     classes: list[str]
+    fingerprint: str = ""  # of the train split's ids, labels and pixels: a resume must learn from the same ones
 
 
 @dataclasses.dataclass
@@ -92,9 +110,12 @@ def load_training_data(data_dir: str | os.PathLike, cfg: TrainConfig, *, device:
     rows = cache.indices("train")
     if len(rows) == 0:
         raise UserError(f"{data_dir} has no images in the train split; run `mrisynth data prepare` with a split")
-    images = torch.from_numpy(np.ascontiguousarray(cache.images[rows]))[:, None]
+    pixels = np.ascontiguousarray(cache.images[rows])
+    fingerprint = training_set_fingerprint([cache.records[i].id for i in rows], cache.labels[rows], pixels)
+    images = torch.from_numpy(pixels)[:, None]
     labels = torch.from_numpy(cache.labels[rows])
-    return TrainingData(images=images.to(device), labels=labels.to(device), classes=cache.classes)
+    return TrainingData(images=images.to(device), labels=labels.to(device), classes=cache.classes,
+                        fingerprint=fingerprint)
 
 
 def draw_batch(data: TrainingData, cfg: TrainConfig, *, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,13 +133,13 @@ def draw_batch(data: TrainingData, cfg: TrainConfig, *, rng: torch.Generator) ->
 
 
 def draw_noise(
-    noise_scheduler: DDPMScheduler, x0: torch.Tensor, *, patch: int, rng: torch.Generator
+    noise_scheduler: DDPMScheduler, x0: torch.Tensor, *, patch: int, rng: torch.Generator, offset: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise and timesteps for a batch `x0` (B, 1, S, S): drawn once per step, for the whole global batch."""
     shape = to_model_space(x0[:1], patch).shape[1:]
     noise = torch.randn((len(x0), *shape), generator=rng, device=x0.device)
     t = torch.randint(noise_scheduler.config.num_train_timesteps, (len(x0),), generator=rng, device=x0.device)
-    return noise, t
+    return offset_noise(noise, offset, generator=rng), t
 
 
 def diffusion_loss(
@@ -130,8 +151,10 @@ def diffusion_loss(
     patch: int,
     noise: torch.Tensor,  # (B, p*p, S/p, S/p), from draw_noise
     t: torch.Tensor,  # (B,)
+    snr_gamma: float = 0.0,
 ) -> torch.Tensor:
-    """MSE between the model's prediction and the true noise (or velocity) at timesteps `t`.
+    """MSE between the model's prediction and the true noise (or velocity) at timesteps `t` (Min-SNR-weighted
+    when snr_gamma > 0).
 
     Data-parallel processes call it on their part of one global batch (rows of x0, labels, noise, t alike).
     """
@@ -140,7 +163,26 @@ def diffusion_loss(
     target = noise if noise_scheduler.config.prediction_type == "epsilon" else noise_scheduler.get_velocity(x0, noise, t)
     with autocast(x0.device):
         pred = model(xt, t, class_labels=labels).sample
-    return F.mse_loss(pred.float(), target)
+    kind = noise_scheduler.config.prediction_type
+    weights = None
+    if snr_gamma > 0:
+        weights = min_snr_weights(noise_scheduler.alphas_cumprod, t, gamma=snr_gamma, prediction_type=kind)
+    return weighted_mse(pred, target, weights)
+
+
+def _check(cfg: TrainConfig) -> None:
+    for key in ("steps", "batch_size", "log_every", "checkpoint_every", "grid_steps", "grid_per_class"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if not 0.0 <= cfg.p_uncond < 1.0:
+        raise UserError(f"p_uncond must be in [0, 1); got {cfg.p_uncond}")
+    if cfg.snr_gamma < 0 or cfg.noise_offset < 0:
+        raise UserError(f"snr_gamma and noise_offset must be 0 (off) or more; got {cfg.snr_gamma}, {cfg.noise_offset}")
+    recipe = sample_recipe(cfg.sample_preset)  # the recipe grids and validation draw with
+    check_guidance(recipe.guidance)
+    if cfg.p_uncond == 0.0 and uses_guidance(recipe.guidance):
+        raise UserError(f"guidance {recipe.guidance} needs an unconditional model: p_uncond is 0, so nothing trains "
+                        "it; set p_uncond (e.g. 0.1) or sample with guidance 1")
 
 
 def build_state(cfg: TrainConfig, n_classes: int, *, device: torch.device) -> TrainState:
@@ -155,7 +197,7 @@ def build_state(cfg: TrainConfig, n_classes: int, *, device: torch.device) -> Tr
     return TrainState(unet=unet, ema=ema, optimizer=optimizer, lr_schedule=lr_schedule, rng=rng)
 
 
-def save_checkpoint(state: TrainState, path: Path, *, data_dir: str) -> None:
+def save_checkpoint(state: TrainState, path: Path, *, data_dir: str, learned_from: str) -> None:
     """The shared schema (`mrisynth.checkpoint`) in one folder, written to a temporary name, then renamed."""
     with atomic_path(path, suffix="") as tmp:
         tmp.mkdir()
@@ -168,14 +210,20 @@ def save_checkpoint(state: TrainState, path: Path, *, data_dir: str) -> None:
             "rng": state.rng.get_state(),
             "global_rng": checkpoint.capture_rng(),
             "data_dir": data_dir,
+            "learned_from": learned_from,
         }, tmp / "state.pt")
 
 
-def load_checkpoint(state: TrainState, path: Path, *, data_dir: str) -> None:
+def load_checkpoint(state: TrainState, path: Path, *, data_dir: str, learned_from: str) -> None:
     """Restore `state` in place from `save_checkpoint` output (safe loading only)."""
     extra = checkpoint.load_state(path / "state.pt")
     if extra["data_dir"] != data_dir:
         raise UserError(f"{path} was trained on {extra['data_dir']}, not {data_dir}; use a new --out folder")
+    if extra.get("learned_from", learned_from) != learned_from:
+        raise UserError(
+            f"{path} was trained on another train split of {data_dir} (its ids, labels or pixels changed since: "
+            "re-prepared data?); resuming would mix the two. Use a new --out, or delete the checkpoint folder"
+        )
     device = next(state.unet.parameters()).device
     state.unet.load_state_dict(checkpoint.load_weights(path / "unet.safetensors", device=device))
     state.ema.load_state_dict(checkpoint.load_weights(path / "ema.safetensors", device=device))
@@ -186,17 +234,44 @@ def load_checkpoint(state: TrainState, path: Path, *, data_dir: str) -> None:
     state.step = int(extra["step"])
 
 
+def draw_images(ema: UNet2DModel, noise_scheduler: DDPMScheduler, recipe: SampleConfig, labels: np.ndarray,
+                seeds: list[int], *, size: int, steps: int | None = None) -> np.ndarray:
+    """(N, S, S) uint8 images from the EMA model with a sampling recipe, in batches of the recipe's size."""
+    out = []
+    for i in range(0, len(labels), recipe.batch_size):
+        sampler = build_sampler(recipe.sampler, noise_scheduler.config)
+        x = denoise(ema, sampler, torch.as_tensor(labels[i:i + recipe.batch_size]),
+                    seeded_noise(seeds[i:i + recipe.batch_size], size), steps=steps or recipe.steps,
+                    guidance=recipe.guidance)
+        out.append(to_uint8_images(x))
+    return np.concatenate(out)
+
+
 def save_training_grid(ema: UNet2DModel, noise_scheduler: DDPMScheduler, cfg: TrainConfig, *, n_classes: int,
                        path: Path) -> None:
-    """A preview PNG from the EMA model: one row per class, the same seeds every time (so grids compare)."""
+    """A preview PNG from the EMA model: one row per class, the same seeds every time (so grids compare).
+
+    Drawn with the sampling recipe's sampler and guidance (cfg.sample_preset), in cfg.grid_steps steps."""
     per = cfg.grid_per_class
-    labels = torch.arange(n_classes).repeat_interleave(per)
-    noise = seeded_noise([derive_seed("ddpm-grid", i) for i in range(per)] * n_classes, cfg.image_size)
-    sampler = build_sampler("ddim", noise_scheduler.config)
-    x = denoise(ema, sampler, labels, noise, steps=cfg.grid_steps, guidance=SampleConfig.guidance)
+    labels = np.repeat(np.arange(n_classes), per)
+    seeds = [derive_seed("ddpm-grid", i) for i in range(per)] * n_classes
+    images = draw_images(ema, noise_scheduler, sample_recipe(cfg.sample_preset), labels, seeds,
+                         size=cfg.image_size, steps=cfg.grid_steps)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        save_grid(to_uint8_images(x), tmp, rows=n_classes)
+        save_grid(images, tmp, rows=n_classes)
+
+
+def validate_step(state: TrainState, noise_scheduler: DDPMScheduler, cfg: TrainConfig, *, n_classes: int,
+                  validate: ValidationFn, best: BestKeeper, metrics: Path) -> None:
+    """Score a class-balanced draw of the EMA model with the sampling recipe; keep the best EMA weights."""
+    labels, seeds = validation_draw(n_classes, cfg.val_per_class)
+    images = draw_images(state.ema, noise_scheduler, sample_recipe(cfg.sample_preset), labels, seeds,
+                         size=cfg.image_size)
+    record = validation_record(state.step, images, labels, validate)
+    append_jsonl(metrics, record)
+    if best.improves(record):
+        best.save(record, lambda folder: checkpoint.save_weights(state.ema.state_dict(), folder / "ema.safetensors"))
 
 
 def save_generator(state: TrainState, noise_scheduler: DDPMScheduler, cfg: TrainConfig, *, classes: list[str],
@@ -212,11 +287,14 @@ def save_generator(state: TrainState, noise_scheduler: DDPMScheduler, cfg: Train
     })
 
 
-def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Train (or resume training) a DDPM on the train split of `data_dir`; returns the generator folder."""
-    for key in ("steps", "batch_size", "log_every", "checkpoint_every"):
-        if getattr(cfg, key) < 1:
-            raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+              validate: ValidationFn | None = None) -> Path:
+    """Train (or resume training) a DDPM on the train split of `data_dir`; returns the generator folder.
+
+    `validate(images, labels) -> {"val_...": float}` scores a small draw every `cfg.val_every` steps."""
+    _check(cfg)
+    check_validation_settings(val_every=cfg.val_every, val_per_class=cfg.val_per_class, keep_best=cfg.keep_best,
+                              validate=validate)
     out = ensure_writable_dir(out_dir)
     data_dir = str(Path(data_dir).resolve())
     check_resume_settings(out / "config.yaml", cfg, may_change=_MAY_CHANGE)
@@ -232,12 +310,13 @@ def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | o
     noise_scheduler = build_noise_scheduler(cfg)
     metrics = out / "metrics.jsonl"
     if (out / CHECKPOINT_DIR).is_dir():
-        load_checkpoint(state, out / CHECKPOINT_DIR, data_dir=data_dir)
+        load_checkpoint(state, out / CHECKPOINT_DIR, data_dir=data_dir, learned_from=data.fingerprint)
         log.info("resuming %s from step %d", out, state.step)
         if dist.is_main:
             drop_records_after(metrics, state.step)  # those steps are about to be redone
     elif metrics.exists() and dist.is_main:
         metrics.unlink()
+    best = BestKeeper(out, cfg.keep_best, resumed_step=state.step)
     dist.barrier()
 
     model = state.unet
@@ -253,13 +332,13 @@ def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | o
     bar = tqdm(total=cfg.steps, initial=state.step, desc="ddpm train", unit="step", disable=not dist.is_main)
     while state.step < cfg.steps:
         x0, labels = draw_batch(data, cfg, rng=state.rng)  # the global batch: the same on every process
-        noise, t = draw_noise(noise_scheduler, x0, patch=cfg.patch, rng=state.rng)
+        noise, t = draw_noise(noise_scheduler, x0, patch=cfg.patch, rng=state.rng, offset=cfg.noise_offset)
         state.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=device)
         for k, part in enumerate(chunks):
             with dist.no_sync(model, skip=k < len(chunks) - 1):
                 loss = diffusion_loss(model, noise_scheduler, x0[part], labels[part], patch=cfg.patch,
-                                      noise=noise[part], t=t[part])
+                                      noise=noise[part], t=t[part], snr_gamma=cfg.snr_gamma)
                 (loss / len(chunks)).backward()
             step_loss += loss.detach() / len(chunks)
         torch.nn.utils.clip_grad_norm_(state.unet.parameters(), cfg.grad_clip)
@@ -280,11 +359,17 @@ def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | o
             bar.set_postfix(loss=f"{mean_loss:.4f}")
             losses, tick = [], now
         if dist.is_main and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
-            save_checkpoint(state, out / CHECKPOINT_DIR, data_dir=data_dir)
+            save_checkpoint(state, out / CHECKPOINT_DIR, data_dir=data_dir, learned_from=data.fingerprint)
         if dist.is_main and cfg.grid_every and state.step % cfg.grid_every == 0:
             save_training_grid(state.ema, noise_scheduler, cfg, n_classes=n_classes,
                                path=out / "samples" / f"step-{state.step:06d}.png")
+        if dist.is_main and validate is not None and (state.step % cfg.val_every == 0 or state.step == cfg.steps):
+            validate_step(state, noise_scheduler, cfg, n_classes=n_classes, validate=validate, best=best,
+                          metrics=metrics)
     bar.close()
+    if dist.is_main and best.best is not None:  # keep_best: the generator is the best-scoring EMA weights
+        log.info("saving the EMA weights of step %d (best %s)", best.best["step"], cfg.keep_best)
+        state.ema.load_state_dict(checkpoint.load_weights(best.folder / "ema.safetensors", device=device))
     if dist.is_main:
         save_training_grid(state.ema, noise_scheduler, cfg, n_classes=n_classes, path=out / "samples" / "final.png")
         save_generator(state, noise_scheduler, cfg, classes=data.classes, data_dir=data_dir, out=out)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mrisynth.errors import UserError
 from mrisynth.files import atomic_path, sha256_array
 
 if TYPE_CHECKING:  # annotations only: importing diffusers/transformers costs seconds
@@ -42,6 +43,12 @@ def encode_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompt
     text_encoder.to(device)
     hidden = text_encoder(tokens.input_ids.to(device))[0]
     return hidden.float().cpu()
+
+
+def non_finite_message(where: str) -> str:
+    """The one-line error for NaN/Inf images: half precision overflowed; say what to use instead."""
+    return (f"{where} produced NaN/Inf values (a half-precision overflow); the batch was not saved: rerun with "
+            "--set precision=fp32 (or bf16 on a GPU that has it)")
 
 
 def _scale_shift(vae: AutoencoderKL) -> tuple[float, float]:
@@ -85,6 +92,8 @@ def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, *, batch_size: int
     out = []
     for i in range(0, len(latents), step):
         rgb = vae.decode(latents[i:i + step].to(dtype) / scale + shift).sample  # (b, 3, H, W) in ~[-1, 1]
+        if not torch.isfinite(rgb).all():  # NaN would become a black PNG saved under a tumour label
+            raise UserError(non_finite_message("VAE decoding"))
         grey = rgb.float().mean(dim=1).clamp(-1, 1)
         out.append(grey.add(1).mul(127.5).round().to(torch.uint8).cpu())
     return torch.cat(out).numpy()

@@ -6,15 +6,23 @@ The hub is never contacted: a model id is looked up in the local Hugging Face ca
 
 A trained generator folder:
 
-    GEN/generator.json      backend, data_dir, classes, base_model, prompt_template, mode, size
+    GEN/generator.json      backend, data_dir, classes, base_model, prompt_template, mode, size, steps (executed),
+                            sha256 (of pipeline/ or lora/), base_sha256 (LoRA: of the base model's unet/)
     GEN/pipeline/           mode=full: a complete diffusers pipeline folder (StableDiffusionPipeline.from_pretrained)
-    GEN/lora/               mode=lora: pytorch_lora_weights.safetensors (pipe.load_lora_weights on the base model)
+    GEN/lora/               mode=lora: pytorch_lora_weights.safetensors (pipe.load_lora_weights on the base model);
+                            its safetensors metadata holds the LoRA config, so alpha (the scale) survives reloading
+
+Model folders are checked before use: an SD 1.x/2.x text-to-image UNet with an epsilon or v-prediction schedule;
+SDXL, inpainting and `sample`-prediction models are refused with one line instead of failing inside diffusers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,7 +60,55 @@ def resolve_model_dir(model: str) -> Path:
             f"{model_dir} is not a diffusers Stable Diffusion folder (no unet/config.json); "
             "pass --model with a folder holding unet/, vae/, text_encoder/, tokenizer/ and scheduler/"
         )
+    check_model_dir(model_dir)
     return model_dir.resolve()
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """Refuse, in one line, a folder that is not an SD 1.x/2.x-style text-to-image model this backend can train."""
+    for part in ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer", "scheduler"):
+        if not (model_dir / part).exists():
+            raise UserError(f"{model_dir} has no {part}; the model folder is incomplete: download it again "
+                            "(`huggingface-cli download stabilityai/sd-turbo --local-dir DIR`)")
+    unet = _read_config(model_dir / "unet" / "config.json")
+    vae = _read_config(model_dir / "vae" / "config.json")
+    text = _read_config(model_dir / "text_encoder" / "config.json")
+    scheduler = _read_config(next((model_dir / "scheduler").glob("*.json"), model_dir / "scheduler" / "none.json"))
+    why = None
+    if unet.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
+        why = f"its UNet is a {unet.get('_class_name')}, not a UNet2DConditionModel"
+    elif unet.get("addition_embed_type") or (model_dir / "text_encoder_2").exists():
+        why = "it is an SDXL-family model (a second text encoder / added time embeddings)"
+    elif unet.get("in_channels") != vae.get("latent_channels", 4):
+        why = (f"its UNet takes {unet.get('in_channels')} input channels, not the VAE's {vae.get('latent_channels', 4)} "
+               "(an inpainting or depth model)")
+    elif unet.get("cross_attention_dim") not in (None, text.get("hidden_size")):
+        why = f"its UNet attends to {unet.get('cross_attention_dim')}-d text, its text encoder gives {text.get('hidden_size')}"
+    elif scheduler.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):
+        why = f"it predicts '{scheduler.get('prediction_type')}', not epsilon or v_prediction"
+    if why:
+        raise UserError(f"{model_dir} cannot be used: {why}; use an SD 1.x/2.x model such as stabilityai/sd-turbo")
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is unreadable ({exc.__class__.__name__}); the model folder is damaged: "
+                        "download it again") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _loading(what: str, where: str | os.PathLike, load: Callable):
+    """Run `load()`; a missing, truncated or foreign weights file becomes a one-line UserError."""
+    try:
+        return load()
+    except UserError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:  # diffusers and safetensors raise all four
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"cannot load the {what} from {where} ({first}); the folder is incomplete or damaged: "
+                        "download or train it again") from exc
 
 
 def _cached_snapshot(repo_id: str) -> Path:
@@ -75,16 +131,16 @@ def load_unet(
     """The denoising UNet (UNet2DConditionModel)."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel.from_pretrained(
-        model_dir, subfolder=subfolder, torch_dtype=dtype, local_files_only=True
-    )
+    return _loading("UNet", Path(model_dir) / subfolder, lambda: UNet2DConditionModel.from_pretrained(
+        model_dir, subfolder=subfolder, torch_dtype=dtype, local_files_only=True))
 
 
 def load_vae(model_dir: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> AutoencoderKL:
     """The autoencoder, frozen (it only encodes once and decodes samples)."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=dtype, local_files_only=True)
+    vae = _loading("VAE", Path(model_dir) / "vae", lambda: AutoencoderKL.from_pretrained(
+        model_dir, subfolder="vae", torch_dtype=dtype, local_files_only=True))
     return vae.requires_grad_(False).eval()
 
 
@@ -92,8 +148,10 @@ def load_text_stack(model_dir: str | os.PathLike) -> tuple[CLIPTokenizer, CLIPTe
     """(tokenizer, text encoder), frozen: prompts are encoded once per class."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer", local_files_only=True)
-    encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", local_files_only=True)
+    tokenizer = _loading("tokenizer", Path(model_dir) / "tokenizer", lambda: CLIPTokenizer.from_pretrained(
+        model_dir, subfolder="tokenizer", local_files_only=True))
+    encoder = _loading("text encoder", Path(model_dir) / "text_encoder", lambda: CLIPTextModel.from_pretrained(
+        model_dir, subfolder="text_encoder", local_files_only=True))
     return tokenizer, encoder.requires_grad_(False).eval()
 
 
@@ -139,9 +197,13 @@ def save_lora(unet: UNet2DConditionModel, *, out_dir: Path) -> Path:
     from peft.utils import get_peft_model_state_dict
 
     target = out_dir / LORA_DIR
+    # The adapter's config (rank, alpha, targets) goes into the file's metadata: without it diffusers reloads the
+    # adapter at scale 1 instead of alpha / rank.
+    metadata = unet.peft_config["default"].to_dict()
     with atomic_path(target, suffix="") as tmp:
         StableDiffusionPipeline.save_lora_weights(
-            tmp, unet_lora_layers=get_peft_model_state_dict(unet), weight_name=LORA_WEIGHTS
+            tmp, unet_lora_layers=get_peft_model_state_dict(unet), weight_name=LORA_WEIGHTS,
+            unet_lora_adapter_metadata=metadata,
         )
     return target
 
@@ -164,14 +226,35 @@ def load_generator_unet(gen_dir: str | os.PathLike, info: dict, *, dtype: torch.
     model_dir, weights = generator_parts(gen_dir, info)
     unet = load_unet(model_dir, dtype=dtype)
     if info.get("mode") == "lora":
-        unet.load_lora_adapter(weights, weight_name=LORA_WEIGHTS, prefix="unet", local_files_only=True)
+        _loading("LoRA weights", weights, lambda: unet.load_lora_adapter(
+            weights, weight_name=LORA_WEIGHTS, prefix="unet", local_files_only=True))
         unet.fuse_lora()  # one matmul per projection at sampling time instead of three
     return unet.requires_grad_(False).eval()
 
 
+def base_checksum(model_dir: str | os.PathLike) -> str:
+    """SHA-256 of a base model's unet/ folder: what a LoRA adapter is added to."""
+    return sha256_dir(Path(model_dir) / "unet")
+
+
 def generator_checksum(gen_dir: str | os.PathLike, info: dict) -> str:
-    """SHA-256 over the generator's saved weights (the whole pipeline folder, or the LoRA folder)."""
-    return sha256_dir(generator_parts(gen_dir, info)[1])
+    """SHA-256 of what sampling loads: the pipeline folder, or (LoRA) the adapter together with the base UNet."""
+    return verified_checksum(gen_dir, info, check=False)
+
+
+def verified_checksum(gen_dir: str | os.PathLike, info: dict, *, check: bool = True) -> str:
+    """`generator_checksum`, after checking the weights against the hashes generator.json recorded at training."""
+    model_dir, weights = generator_parts(gen_dir, info)
+    hashes = {weights: (sha256_dir(weights), info.get("sha256"))}
+    if info.get("mode") == "lora":
+        hashes[model_dir / "unet"] = (base_checksum(model_dir), info.get("base_sha256"))
+    for folder, (actual, expected) in hashes.items():
+        if check and expected and actual != expected:
+            raise UserError(f"{folder} changed since the generator was trained (sha256 differs from generator.json); "
+                            "restore the original files or train the generator again")
+    if info.get("mode") != "lora":
+        return hashes[weights][0]
+    return hashlib.sha256("+".join(actual for actual, _ in hashes.values()).encode()).hexdigest()
 
 
 def _scheduler_class(name: str) -> type[SchedulerMixin] | None:

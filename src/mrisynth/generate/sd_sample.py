@@ -1,13 +1,16 @@
 """Sampling a trained SD generator: the denoising loop written out, batched, one seed (and generator) per image.
 
-Text-to-image (`turbo`: 1-4 Euler-ancestral steps on trailing timesteps, no guidance) or image-to-image (`seed`:
-a random training image of the same class, noised to `strength` and denoised with guidance). Each image's noise
+Text-to-image (default `finetuned`: 30 Euler steps with guidance 2; `turbo`: 1 step, for un-tuned or re-distilled
+models only) or image-to-image (`seed`: a random training image of the same class, noised to `strength` and
+denoised with guidance). Provenance records the steps that ran (for img2img, int(steps x strength)). Each image's noise
 comes from its own `torch.Generator` seeded with the recorded seed, so any image can be regenerated alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,16 +27,23 @@ from mrisynth.devices import resolve_device
 from mrisynth.errors import UserError
 from mrisynth.generate import read_generator_info
 from mrisynth.generate.output import SyntheticWriter, synthetic_id
+from mrisynth.generate.recipe import check_guidance, per_class_counts, uses_guidance
 from mrisynth.generate.resume import check_resume_settings
-from mrisynth.generate.sd import SampleConfig
-from mrisynth.generate.sd_latents import class_prompts, decode_latents, encode_images, encode_prompts
+from mrisynth.generate.sd import SAMPLE_PRESETS, SampleConfig
+from mrisynth.generate.sd_latents import (
+    class_prompts,
+    decode_latents,
+    encode_images,
+    encode_prompts,
+    non_finite_message,
+)
 from mrisynth.generate.sd_load import (
-    generator_checksum,
     generator_parts,
     load_generator_unet,
     load_scheduler_config,
     load_text_stack,
     load_vae,
+    verified_checksum,
 )
 from mrisynth.seeding import derive_seed
 
@@ -43,8 +53,9 @@ if TYPE_CHECKING:  # annotations only: importing diffusers costs seconds
 log = logging.getLogger(__name__)
 
 # A rerun may change how the work is cut up and run, not what each image is (fp16 vs fp32 would: `precision` stays).
-_MAY_CHANGE = ("n_per_class", "batch_size", "device", "compile", "compile_mode", "channels_last", "decode_batch")
+_MAY_CHANGE = ("n_per_class", "counts", "batch_size", "device", "compile", "compile_mode", "channels_last", "decode_batch")
 
+_FEW_STEPS = 4  # 1-4 steps: the distilled regime that a plain fine-tune does not preserve
 _SCHEDULERS = {"euler_ancestral": "EulerAncestralDiscreteScheduler", "euler": "EulerDiscreteScheduler",
                "ddim": "DDIMScheduler"}
 
@@ -73,7 +84,7 @@ def denoise(
     *,
     steps: int,
     generators: list[torch.Generator],
-    guidance: float = 0.0,
+    guidance: float = 1.0,
     uncond: torch.Tensor | None = None,  # (B, L, D), needed when guidance > 1
     init_latents: torch.Tensor | None = None,  # (B, C, h, w): image-to-image when given
     strength: float = 1.0,
@@ -86,8 +97,12 @@ def denoise(
     if init_latents is None:
         latents = noise * scheduler.init_noise_sigma
     else:
-        # Skip the first (1 - strength) of the schedule and start from the source image noised to that level.
-        skip = min(max(steps - int(steps * strength), 0), steps - 1) * scheduler.order
+        # Skip the first (1 - strength) of the schedule and start from the source image noised to that level,
+        # as diffusers' img2img pipeline does; fewer than one step left is refused (it would start from noise).
+        run = executed_steps(steps, strength)
+        if run < 1:
+            raise ValueError(f"img2img with steps={steps}, strength={strength} runs no step")
+        skip = (steps - run) * scheduler.order
         timesteps = timesteps[skip:]
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(skip)
@@ -108,15 +123,9 @@ def denoise(
     return latents
 
 
-def uses_guidance(guidance: float) -> bool:
-    """Classifier-free guidance runs only for scales above 1 (at 1 it equals the conditional model alone)."""
-    return guidance > 1.0
-
-
-def effective_guidance(guidance: float) -> float:
-    """The guidance scale the sampler really applied: scales <= 1 mean "off", i.e. 1.0 (the conditional model
-    alone, as in the DDPM backend's convention); this is what the provenance records."""
-    return float(guidance) if uses_guidance(guidance) else 1.0
+def executed_steps(steps: int, strength: float | None) -> int:
+    """Denoising steps that really run: all of them for text2img, int(steps * strength) for img2img."""
+    return steps if strength is None else int(steps * strength)
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -144,42 +153,96 @@ def speed_up(
 
 
 def sample_sd(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | os.PathLike) -> Path:
-    """Write `cfg.n_per_class` images per class from the generator in `gen_dir` to `out_dir` (resumable)."""
+    """Write the requested images per class from the generator in `gen_dir` to `out_dir` (resumable)."""
     info = read_generator_info(gen_dir)
-    _check(cfg)
+    check_sample_config(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.precision, device)
     classes = list(info["classes"])
+    wanted = per_class_counts(classes, n_per_class=cfg.n_per_class, counts=cfg.counts)
     # Before anything is written: a resumed set must not mix settings (and its config.yaml must stay true).
     check_resume_settings(Path(out_dir) / "config.yaml", cfg, may_change=_MAY_CHANGE)
-    writer = SyntheticWriter(out_dir, classes, generator_sha256=generator_checksum(gen_dir, info))
-    save_config(cfg, writer.out_dir / "config.yaml")
-    jobs = _plan(classes, cfg, writer.existing_ids())
-    if jobs:
-        _generate(jobs, gen_dir, info, cfg, writer, device=device, dtype=dtype)
-    return writer.finish(keep={synthetic_id(c, i) for c in classes for i in range(cfg.n_per_class)}).parent
+    warn_if_few_steps(info, executed_steps(cfg.steps, cfg.strength if cfg.mode == "img2img" else None))
+    checksum = verified_checksum(gen_dir, info)  # weights changed since training are refused here
+    with SyntheticWriter(out_dir, classes, generator_sha256=checksum) as writer:
+        save_config(cfg, writer.out_dir / "config.yaml")
+        jobs = _plan(wanted, cfg, writer.existing_ids())
+        if jobs:
+            _generate(jobs, gen_dir, info, cfg, writer, device=device, dtype=dtype)
+        keep = {synthetic_id(c, i) for c, n in wanted.items() for i in range(n)}
+        return writer.finish(keep=keep).parent
 
 
-def _check(cfg: SampleConfig) -> None:
+def check_sample_config(cfg: SampleConfig) -> None:
+    """One-line errors for settings that cannot give the images the provenance would claim."""
     if cfg.n_per_class < 1 or cfg.steps < 1 or cfg.batch_size < 1:
         raise UserError("n_per_class, steps and batch_size must be at least 1")
-    if cfg.mode == "img2img" and not 0.0 < cfg.strength <= 1.0:
-        raise UserError(f"strength must be in (0, 1] for img2img; got {cfg.strength}")
+    check_guidance(cfg.guidance)
+    if cfg.mode == "img2img":
+        if not 0.0 < cfg.strength <= 1.0:
+            raise UserError(f"strength must be in (0, 1] for img2img; got {cfg.strength}")
+        if executed_steps(cfg.steps, cfg.strength) < 1:
+            need = math.ceil(1.0 / cfg.strength)
+            raise UserError(f"img2img with steps={cfg.steps} and strength={cfg.strength} runs no denoising step "
+                            f"(steps x strength < 1, it would start from pure noise); use steps of {need} or more")
 
 
-def _plan(classes: list[str], cfg: SampleConfig, done: set[str]) -> list[tuple[int, str, int]]:
+def warn_if_few_steps(info: dict, steps: int) -> None:
+    """Warn loudly when a fine-tuned generator is sampled in 1-4 steps (see SAMPLE_PRESETS for why)."""
+    if steps <= _FEW_STEPS and int(info.get("steps", 1)) > 0:
+        log.warning(
+            "sampling a fine-tuned SD generator in %d step(s): after a plain denoising fine-tune, 1-4 step samples "
+            "are blurred averages of training images, not new ones; use the default multi-step recipe "
+            "(--preset finetuned: %d steps) unless this model was re-distilled for few-step sampling",
+            steps, SAMPLE_PRESETS["finetuned"]["steps"],
+        )
+
+
+def _plan(wanted: dict[str, int], cfg: SampleConfig, done: set[str]) -> list[tuple[int, str, int]]:
     """(label, image id, seed) of every image still to make."""
     jobs = []
-    for label, name in enumerate(classes):
-        for i in range(cfg.n_per_class):
+    for label, (name, n) in enumerate(wanted.items()):
+        for i in range(n):
             image_id = synthetic_id(name, i)
             if image_id not in done:
                 jobs.append((label, image_id, derive_seed("sd-sample", cfg.seed, name, i)))
     return jobs
 
 
-def _generate(jobs: list[tuple[int, str, int]], gen_dir: str | os.PathLike, info: dict, cfg: SampleConfig, writer: SyntheticWriter, *,
-              device: torch.device, dtype: torch.dtype) -> None:
+@dataclasses.dataclass
+class _Sampler:
+    """Everything needed to turn (label, seed) pairs into images: loaded once per sampling run."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    scheduler: SchedulerMixin
+    embeds: torch.Tensor  # (C + 1, L, D): one per class, then the empty prompt
+    shape: tuple[int, int, int]  # latent (C, h, w)
+
+    def images(self, labels: torch.Tensor, seeds: list[int], cfg: SampleConfig, *, init: torch.Tensor | None = None,
+               decode_batch: int = 0) -> np.ndarray:
+        """(B, H, W) uint8 images; non-finite latents (fp16 overflow) are an error, never black PNGs."""
+        noise, generators = initial_noise(seeds, self.shape)
+        latents = denoise(
+            self.unet, self.scheduler, noise, self.embeds[labels], steps=cfg.steps, generators=generators,
+            guidance=cfg.guidance, uncond=self.embeds[-1:].expand(len(seeds), -1, -1), init_latents=init,
+            strength=cfg.strength if init is not None else 1.0,
+        )
+        if not torch.isfinite(latents).all():
+            raise UserError(non_finite_message("denoising"))
+        return decode_latents(self.vae, latents, batch_size=decode_batch)
+
+
+def build_sampler(unet: UNet2DConditionModel, vae: AutoencoderKL, embeds: torch.Tensor, model_dir: Path,
+                  cfg: SampleConfig, *, size: int) -> _Sampler:
+    """A `_Sampler` on the model's noise schedule, with the recipe's scheduler and spacing."""
+    scheduler = build_scheduler(load_scheduler_config(model_dir), name=cfg.scheduler, spacing=cfg.timestep_spacing)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return _Sampler(unet, vae, scheduler, embeds, (unet.config.in_channels, size // factor, size // factor))
+
+
+def _generate(jobs: list[tuple[int, str, int]], gen_dir: str | os.PathLike, info: dict, cfg: SampleConfig,
+              writer: SyntheticWriter, *, device: torch.device, dtype: torch.dtype) -> None:
     classes = list(info["classes"])
     model_dir, _ = generator_parts(gen_dir, info)
     prompts = class_prompts(info["prompt_template"], classes)
@@ -190,11 +253,11 @@ def _generate(jobs: list[tuple[int, str, int]], gen_dir: str | os.PathLike, info
     vae = load_vae(model_dir, dtype=dtype).to(device)
     sources = _SourcePicker(info, vae, device) if cfg.mode == "img2img" else None
     unet, vae = speed_up(unet, vae, cfg, device)
-    scheduler = build_scheduler(load_scheduler_config(model_dir), name=cfg.scheduler, spacing=cfg.timestep_spacing)
     size = int(info["size"])
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    shape = (unet.config.in_channels, size // factor, size // factor)
+    sampler = build_sampler(unet, vae, embeds, model_dir, cfg, size=size)
     out_size = cfg.size or size
+    strength = cfg.strength if sources is not None else None
+    steps_run = executed_steps(cfg.steps, strength)
     # A compiled UNet recompiles for each new batch size: pad the last batch to the full size instead.
     pad_to = cfg.batch_size if (device.type == "cuda" and cfg.compile) else 0
     for start in tqdm(range(0, len(jobs), cfg.batch_size), desc="sample", unit="batch"):
@@ -203,24 +266,18 @@ def _generate(jobs: list[tuple[int, str, int]], gen_dir: str | os.PathLike, info
         batch = batch + [batch[-1]] * max(0, pad_to - real)
         labels = torch.tensor([b[0] for b in batch], device=device)
         seeds = [b[2] for b in batch]
-        noise, generators = initial_noise(seeds, shape)
         src_ids, init = (None, None)
         if sources is not None:
             src_ids, init = sources.pick(labels.tolist(), seeds)
-        latents = denoise(
-            unet, scheduler, noise, embeds[labels], steps=cfg.steps, generators=generators,
-            guidance=cfg.guidance, uncond=embeds[-1:].expand(len(batch), -1, -1), init_latents=init,
-            strength=cfg.strength if sources is not None else 1.0,
-        )
         # Decode the padded batch too: a compiled decoder then sees one shape only.
-        images = decode_latents(vae, latents, batch_size=cfg.decode_batch)[:real]  # (B, H, W) uint8
+        images = sampler.images(labels, seeds, cfg, init=init, decode_batch=cfg.decode_batch)[:real]
         for j, (label, image_id, seed) in enumerate(batch[:real]):
             image = images[j] if out_size == size else fit_square(images[j], out_size)
             writer.add(
                 image, image_id=image_id, class_name=classes[label], prompt=prompts[label], seed=seed,
-                steps=cfg.steps, guidance=effective_guidance(cfg.guidance), strength=cfg.strength if sources is not None else None,
-                source_image_id=src_ids[j] if src_ids else "",
+                steps=steps_run, guidance=cfg.guidance, strength=strength, source_image_id=src_ids[j] if src_ids else "",
             )
+        writer.end_batch()
 
 
 class _SourcePicker:

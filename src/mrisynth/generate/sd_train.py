@@ -6,7 +6,11 @@ dropout, timesteps, noise) comes from a generator seeded by (seed, s), so a resu
 an uninterrupted one would have taken: the checkpoint (the shared schema of mrisynth.checkpoint) needs the
 weights, optimizer and LR schedule.
 
-    GEN/config.yaml  metrics.jsonl  cache/latents-<size>.safetensors  checkpoints/step-XXXXXXX/  samples/*.png
+    GEN/config.yaml  metrics.jsonl (loss, and val_* records)  cache/latents-<size>.safetensors
+    GEN/checkpoints/step-XXXXXXX/  samples/*.png (drawn with the sampling recipe)  best/ (keep_best only)
+
+A resume is refused when the settings, the model, the data folder or the train split it learned from (ids,
+labels, pixels) changed. With `ema`, the average's decay is ramped up from 0 (see recipe.ema_decay_at).
 """
 
 from __future__ import annotations
@@ -21,45 +25,63 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mrisynth import checkpoint
 from mrisynth.config import save_config, to_dict
 from mrisynth.data.cache import load_cache
-from mrisynth.data.images import save_grayscale_png
 from mrisynth.devices import resolve_device
 from mrisynth.distributed import init_distributed, main_process_first
 from mrisynth.errors import UserError
-from mrisynth.files import append_jsonl, atomic_path, ensure_writable_dir, write_json
+from mrisynth.files import append_jsonl, atomic_path, ensure_writable_dir, sha256_dir, write_json
 from mrisynth.generate import GENERATOR_JSON
+from mrisynth.generate.recipe import (
+    ema_decay_at,
+    min_snr_weights,
+    offset_noise,
+    training_set_fingerprint,
+    weighted_mse,
+)
 from mrisynth.generate.resume import check_resume_settings, drop_records_after
-from mrisynth.generate.sd import TrainConfig
-from mrisynth.generate.sd_latents import class_prompts, decode_latents, load_or_build_train_latents
+from mrisynth.generate.sd import TrainConfig, sample_recipe
+from mrisynth.generate.sd_latents import class_prompts, load_or_build_train_latents
 from mrisynth.generate.sd_load import (
     add_lora,
+    base_checksum,
     load_scheduler_config,
     load_unet,
-    load_vae,
     resolve_model_dir,
     save_full_pipeline,
     save_lora,
 )
-from mrisynth.generate.sd_sample import build_scheduler, denoise, initial_noise
+from mrisynth.generate.sd_preview import Previews, averaged
+from mrisynth.generate.sd_sample import check_sample_config
+from mrisynth.generate.validation import (
+    BestKeeper,
+    ValidationFn,
+    check_validation_settings,
+)
 from mrisynth.seeding import derive_seed, seed_everything
 
 if TYPE_CHECKING:  # annotations only: importing diffusers costs seconds
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
 
 log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its resumption without invalidating the checkpoint.
-_RESUMABLE_CHANGES = ("steps", "log_every", "checkpoint_every", "sample_every", "device")
+_RESUMABLE_CHANGES = ("steps", "log_every", "checkpoint_every", "sample_every", "device", "sample_preset", "val_every",
+                      "val_per_class")
 
 
-def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Fine-tune on the train split of `data_dir` and save the generator to `out_dir`; resumes a stopped run."""
+def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+             validate: ValidationFn | None = None) -> Path:
+    """Fine-tune on the train split of `data_dir` and save the generator to `out_dir`; resumes a stopped run.
+
+    `validate`: scores a small class-balanced draw every `cfg.val_every` steps (see generate/validation.py).
+    """
     _check(cfg)
+    check_validation_settings(val_every=cfg.val_every, val_per_class=cfg.val_per_class, keep_best=cfg.keep_best,
+                              validate=validate)
     # Before anything is written (config, latent cache): refuse to continue a run of other settings.
     check_resume_settings(Path(out_dir) / "config.yaml", cfg, may_change=_RESUMABLE_CHANGES)
     out = ensure_writable_dir(out_dir)
@@ -73,13 +95,14 @@ def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
     train_rows = cache.indices("train")
     if len(train_rows) == 0:
         raise UserError(f"{data_dir} has no images in the train split; run `mrisynth data prepare` with a split")
+    train_ids = [cache.records[i].id for i in train_rows]
+    learned_from = training_set_fingerprint(train_ids, cache.labels[train_rows], cache.images[train_rows])
 
     prompts = class_prompts(cfg.prompt_template, cache.classes)
     with main_process_first(dist):  # the main process encodes the latents once; the others read its file
         cached = load_or_build_train_latents(
             out / "cache" / f"latents-{cfg.size}.safetensors", model_dir=model_dir,
-            images=cache.images[train_rows], ids=[cache.records[i].id for i in train_rows], prompts=prompts,
-            flip=cfg.flip, device=device,
+            images=cache.images[train_rows], ids=train_ids, prompts=prompts, flip=cfg.flip, device=device,
         )
     data = {k: v.to(device) for k, v in cached.items()}
     labels = torch.from_numpy(cache.labels[train_rows]).to(device)
@@ -92,10 +115,12 @@ def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     ema = {n: p.detach().clone().float() for n, p in trainable.items()} if cfg.ema else None
     fingerprint = _fingerprint(cfg, model_dir, data_dir)
-    start = _resume(out, unet, optimizer, lr_sched, ema, fingerprint=fingerprint, is_main=dist.is_main)
+    start = _resume(out, unet, optimizer, lr_sched, ema, fingerprint=fingerprint, learned_from=learned_from,
+                    is_main=dist.is_main)
     if dist.is_main:  # only now: a refused resume (model or data changed) must leave the old config.yaml alone
         save_config(cfg, out / "config.yaml")
-    vae = load_vae(model_dir).to(device) if cfg.sample_every > 0 and dist.is_main else None  # sample grids only
+    previews = Previews(cfg, model_dir, data["prompt_embeds"], device) if dist.is_main else None
+    best = BestKeeper(out, cfg.keep_best, resumed_step=start)
     net = dist.wrap(unet)
     chunks = dist.chunks(cfg.batch_size, cfg.grad_accum_steps)
 
@@ -116,7 +141,7 @@ def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
         lr_sched.step()
         if ema is not None:
             torch._foreach_lerp_(list(ema.values()), [p.detach().float() for p in trainable.values()],
-                                 1.0 - cfg.ema_decay)
+                                 1.0 - ema_decay_at(step, cfg.ema_decay))
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             mean_loss = (dist.all_sum(loss) / dist.world_size).item()
@@ -124,16 +149,20 @@ def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
             if dist.is_main:
                 append_jsonl(out / "metrics.jsonl", record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if previews is not None and previews.due(done):
+            with averaged(trainable, ema):  # grids and validation show what will be saved
+                previews.run(done, unet, out=out, validate=validate, best=best, trainable=trainable)
         if dist.is_main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            _save_checkpoint(out, done, trainable, optimizer, lr_sched, ema, fingerprint=fingerprint)
-        if vae is not None and done % cfg.sample_every == 0:
-            _save_grid(out / "samples" / f"grid-{done:07d}.png", unet, vae, data["prompt_embeds"], model_dir,
-                       size=cfg.size)
+            _save_checkpoint(out, done, trainable, optimizer, lr_sched, ema, fingerprint=fingerprint,
+                             learned_from=learned_from)
     if not dist.is_main:
         dist.barrier()  # the main process saves the result
         return out
+    if best.best is not None:  # keep_best: the generator is the best-scoring weights, not the last ones
+        log.info("saving the weights of step %d (best %s)", best.best["step"], cfg.keep_best)
+        ema = checkpoint.load_weights(best.folder / "weights.safetensors", device=device)
     result = _save_result(out, unet, trainable, ema, cfg=cfg, model_dir=model_dir, data_dir=data_dir,
-                          classes=cache.classes)
+                          classes=cache.classes, steps=cfg.steps)
     dist.barrier()
     return result
 
@@ -147,6 +176,9 @@ def _check(cfg: TrainConfig) -> None:
         raise UserError(f"prompt_template must contain {{cls}}; got '{cfg.prompt_template}'")
     if not 0.0 <= cfg.caption_dropout < 1.0:
         raise UserError(f"caption_dropout must be in [0, 1); got {cfg.caption_dropout}")
+    if cfg.snr_gamma < 0 or cfg.noise_offset < 0:
+        raise UserError(f"snr_gamma and noise_offset must be 0 (off) or more; got {cfg.snr_gamma}, {cfg.noise_offset}")
+    check_sample_config(sample_recipe(cfg.sample_preset))  # the recipe grids and validation will draw with
 
 
 def _build_unet(model_dir: Path, cfg: TrainConfig, device: torch.device) -> UNet2DConditionModel:
@@ -185,18 +217,16 @@ def _loss(unet: torch.nn.Module, noise_sched: DDPMScheduler, data: dict, labels:
     drop = (torch.rand(b, generator=gen) < cfg.caption_dropout).to(device)
     cond = embeds[torch.where(drop, len(embeds) - 1, labels[rows])]  # (B, L, D)
     t = torch.randint(0, noise_sched.config.num_train_timesteps, (b,), generator=gen).to(device)
-    noise = torch.randn(latents.shape, generator=gen).to(device)
+    noise = offset_noise(torch.randn(latents.shape, generator=gen), cfg.noise_offset, generator=gen).to(device)
     latents, noise, t, cond = latents[part], noise[part], t[part], cond[part]
     noisy = noise_sched.add_noise(latents, noise, t)
-    kind = noise_sched.config.prediction_type
-    if kind == "epsilon":
-        target = noise
-    elif kind == "v_prediction":
-        target = noise_sched.get_velocity(latents, noise, t)
-    else:  # "sample"
-        target = latents
+    kind = noise_sched.config.prediction_type  # epsilon or v_prediction (check_model_dir refuses the others)
+    target = noise if kind == "epsilon" else noise_sched.get_velocity(latents, noise, t)
     pred = unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
-    return F.mse_loss(pred.float(), target.float())
+    weights = None
+    if cfg.snr_gamma > 0:
+        weights = min_snr_weights(noise_sched.alphas_cumprod, t, gamma=cfg.snr_gamma, prediction_type=kind)
+    return weighted_mse(pred, target, weights)
 
 
 def _batch_rows(n: int, batch: int, *, step: int, seed: int) -> np.ndarray:
@@ -217,7 +247,8 @@ def _fingerprint(cfg: TrainConfig, model_dir: Path, data_dir: Path) -> str:
 
 
 def _save_checkpoint(out: Path, step: int, trainable: dict, optimizer: torch.optim.Optimizer,
-                     lr_sched: torch.optim.lr_scheduler.LRScheduler, ema: dict | None, *, fingerprint: str) -> None:
+                     lr_sched: torch.optim.lr_scheduler.LRScheduler, ema: dict | None, *, fingerprint: str,
+                     learned_from: str) -> None:
     """The shared schema (`mrisynth.checkpoint`) in checkpoints/step-N/, written under a temporary name."""
     root = out / "checkpoints"
     target = root / f"step-{step:07d}"
@@ -227,7 +258,7 @@ def _save_checkpoint(out: Path, step: int, trainable: dict, optimizer: torch.opt
         if ema is not None:
             checkpoint.save_weights(ema, tmp / "ema.safetensors")
         checkpoint.save_state({
-            "step": step, "fingerprint": fingerprint, "optimizer": optimizer.state_dict(),
+            "step": step, "fingerprint": fingerprint, "learned_from": learned_from, "optimizer": optimizer.state_dict(),
             "lr_scheduler": lr_sched.state_dict(), "global_rng": checkpoint.capture_rng(),
         }, tmp / "state.pt")
     for old in root.glob("step-*"):  # keep only the newest
@@ -237,13 +268,18 @@ def _save_checkpoint(out: Path, step: int, trainable: dict, optimizer: torch.opt
 
 def _resume(out: Path, unet: UNet2DConditionModel, optimizer: torch.optim.Optimizer,
             lr_sched: torch.optim.lr_scheduler.LRScheduler, ema: dict | None, *, fingerprint: str,
-            is_main: bool = True) -> int:
+            learned_from: str, is_main: bool = True) -> int:
     """Load the newest checkpoint in `out` if any; returns the step to continue from."""
     found = sorted((out / "checkpoints").glob("step-*[0-9]"))
     if not found:
         return 0
     ckpt = found[-1]
     state = checkpoint.load_state(ckpt / "state.pt")
+    if state.get("learned_from", learned_from) != learned_from:
+        raise UserError(
+            f"{out} was trained on another train split (its ids, labels or pixels changed since: re-prepared "
+            "data?); resuming would mix the two. Use a new --out, or delete its checkpoints/ folder to start over"
+        )
     if state["fingerprint"] != fingerprint:
         raise UserError(
             f"{out} holds a checkpoint of a run with other settings (model, data or hyper-parameters); "
@@ -266,37 +302,24 @@ def _resume(out: Path, unet: UNet2DConditionModel, optimizer: torch.optim.Optimi
     return step
 
 
-@torch.no_grad()
-def _save_grid(path: Path, unet: UNet2DConditionModel, vae: AutoencoderKL, embeds: torch.Tensor, model_dir: Path, *, size: int, steps: int = 4) -> None:
-    """One image per class side by side (fixed seeds, so grids of different steps compare)."""
-    unet.eval()
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    n = len(embeds) - 1
-    shape = (unet.config.in_channels, size // factor, size // factor)
-    noise, generators = initial_noise([derive_seed("sd-grid", i) for i in range(n)], shape)
-    scheduler = build_scheduler(load_scheduler_config(model_dir), name="euler", spacing="trailing")
-    latents = denoise(unet, scheduler, noise, embeds[:n], steps=steps, generators=generators)
-    images = decode_latents(vae, latents)  # (n, H, W) uint8
-    ensure_writable_dir(path.parent)
-    with atomic_path(path) as tmp:
-        save_grayscale_png(np.concatenate(list(images), axis=1), tmp)
-    unet.train()
-
-
-def _save_result(out: Path, unet: UNet2DConditionModel, trainable: dict, ema: dict | None, *, cfg: TrainConfig, model_dir: Path,
-                 data_dir: Path, classes: list[str]) -> Path:
+def _save_result(out: Path, unet: UNet2DConditionModel, trainable: dict, ema: dict | None, *, cfg: TrainConfig,
+                 model_dir: Path, data_dir: Path, classes: list[str], steps: int) -> Path:
     """Save the weights (EMA ones when kept) with save_pretrained, then generator.json last."""
     if ema is not None:
         for name, p in trainable.items():
             p.data.copy_(ema[name])
     unet.eval()
     if cfg.mode == "lora":
-        save_lora(unet, out_dir=out)
+        weights = save_lora(unet, out_dir=out)
     else:
-        save_full_pipeline(unet, base_dir=model_dir, out_dir=out)
-    write_json(out / GENERATOR_JSON, {
+        weights = save_full_pipeline(unet, base_dir=model_dir, out_dir=out)
+    info = {
         "backend": "sd", "data_dir": str(data_dir), "classes": list(classes), "mode": cfg.mode,
         "base_model": str(model_dir), "model": cfg.model, "prompt_template": cfg.prompt_template, "size": cfg.size,
-    })
+        "steps": steps, "sha256": sha256_dir(weights),  # checked before every sampling run
+    }
+    if cfg.mode == "lora":  # the adapter is only half the model: record which base it was trained on
+        info["base_sha256"] = base_checksum(model_dir)
+    write_json(out / GENERATOR_JSON, info)
     log.info("saved %s generator to %s", cfg.mode, out)
     return out
