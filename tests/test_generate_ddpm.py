@@ -217,3 +217,77 @@ def test_gpu_path_trains_and_samples(tiny_manifest_dir, tmp_path):
     cfg = ddpm.SampleConfig(n_per_class=2, steps=3, device="cuda")
     ddpm.run_sample(gen, cfg, out_dir=tmp_path / "syn")
     assert len(load_manifest(tmp_path / "syn")) == 6
+
+
+def test_sampling_refuses_guidance_below_one_before_writing(trained_gen, tmp_path):
+    """At 0 the images were unconditional yet labelled by class."""
+    with pytest.raises(UserError, match="guidance must be 1"):
+        ddpm.run_sample(trained_gen, ddpm.SampleConfig(n_per_class=1, guidance=0.0), out_dir=tmp_path / "syn")
+    assert not (tmp_path / "syn").exists()
+
+
+def test_per_class_counts(trained_gen, tmp_path):
+    cfg = ddpm.SampleConfig(counts={"dark": 1, "bright": 3}, steps=2)
+    ddpm.run_sample(trained_gen, cfg, out_dir=tmp_path / "syn")
+    assert [r.id for r in load_manifest(tmp_path / "syn")] == [
+        "syn-dark-000000", "syn-bright-000000", "syn-bright-000001", "syn-bright-000002"]
+
+
+def test_weights_changed_since_training_are_refused(trained_gen, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    gen = tmp_path / "gen"
+    shutil.copytree(trained_gen, gen)
+    weights = gen / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key] + 1e-3  # loadable, but not the trained model
+    save_file(tensors, weights)
+    with pytest.raises(UserError, match="changed since the generator was trained"):
+        ddpm.run_sample(gen, ddpm.SampleConfig(n_per_class=1, steps=2), out_dir=tmp_path / "syn")
+    info = read_json(gen / "generator.json")
+    info.pop("sha256")  # an old generator.json without a hash: a truncated file is still a one-line error
+    from mrisynth.files import write_json
+
+    write_json(gen / "generator.json", info)
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(UserError, match="cannot load the UNet"):
+        ddpm.run_sample(gen, ddpm.SampleConfig(n_per_class=1, steps=2), out_dir=tmp_path / "syn2")
+
+
+def test_resume_on_a_changed_train_split_is_refused(tiny_manifest_dir, tmp_path):
+    """Re-preparing the data with another split used to be resumed: the run had learned from today's val images."""
+    gen = tmp_path / "gen"
+    ddpm.run_train(tiny_cfg(steps=3, checkpoint_every=3), data_dir=tiny_manifest_dir, out_dir=gen)
+    rows = load_manifest(tiny_manifest_dir)
+    train = [r for r in rows if r.split == "train"]
+    train[0].split = "val"
+    save_manifest(rows, tiny_manifest_dir / "manifest.csv")
+    with pytest.raises(UserError, match="another train split"):
+        ddpm.run_train(tiny_cfg(steps=6, checkpoint_every=3), data_dir=tiny_manifest_dir, out_dir=gen)
+
+
+def test_validation_records_and_keep_best(tiny_manifest_dir, tmp_path):
+    """val_* records every val_every steps, drawn with the sampling recipe; keep_best saves the best EMA weights."""
+    seen = []
+
+    def validate(images, labels):
+        seen.append((images.shape, labels.tolist()))
+        return {"val_fd": [5.0, 1.0, 3.0][len(seen) - 1]}  # best at the second validation (step 4)
+
+    cfg = tiny_cfg(steps=6, checkpoint_every=2, val_every=2, val_per_class=2, keep_best="val_fd",
+                   sample_preset="fast")
+    gen = ddpm.run_train(cfg, data_dir=tiny_manifest_dir, out_dir=tmp_path / "gen", validate=validate)
+    records = [r for r in read_jsonl(gen / "metrics.jsonl") if "val_fd" in r]
+    assert [(r["step"], r["val_fd"]) for r in records] == [(2, 5.0), (4, 1.0), (6, 3.0)]
+    assert seen[0] == ((6, 16, 16), [0, 0, 1, 1, 2, 2])  # class-balanced, val_per_class each
+    assert read_json(gen / "best" / "best.json") == {"step": 4, "metric": "val_fd", "value": 1.0}
+    best = load_weights(gen / "best" / "ema.safetensors")
+    last = load_weights(gen / "checkpoint" / "ema.safetensors")
+    saved = ddpm.load_unet(gen, device=torch.device("cpu")).state_dict()
+    assert all(torch.equal(saved[k], best[k]) for k in best)  # the generator is the step-4 EMA, not step 6's
+    assert any(not torch.equal(best[k], last[k]) for k in best)
+    with pytest.raises(UserError, match="val_every needs a validation function"):
+        ddpm.run_train(tiny_cfg(val_every=2), data_dir=tiny_manifest_dir, out_dir=tmp_path / "g2")
