@@ -161,3 +161,17 @@ def test_a_missing_or_ambiguous_external_set_is_refused_at_load(tmp_path):
         (tmp_path / d).mkdir(parents=True)
     with pytest.raises(UserError, match="two sets are named 'site'"):
         dataclasses.replace(StudyConfig(), external=[str(tmp_path / "a/site"), str(tmp_path / "b/site")])
+
+
+def test_status_shows_each_fractions_progress(tiny_manifest_dir, tmp_path, monkeypatch, capsys):
+    from mrisynth.cli import main
+
+    install_fakes(monkeypatch)
+    cfg = small_config(tiny_manifest_dir, real_fractions=[0.5, 1.0], seeds=[0], ratios=[0, 1])
+    run = tmp_path / "run"
+    run_study(cfg, run, shard=(0, 2))  # trials 0 and 2 of [r0, r1 at 100%, r0, r1 at 50%]
+    capsys.readouterr()
+    assert main(["study", "status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "real fraction 1: done: 1, pending: 1 (of 2)" in out
+    assert "real fraction 0.5: done: 1, pending: 1 (of 2)" in out

@@ -95,11 +95,19 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from mrisynth.study.runner import trial_status
+    from mrisynth.study.conditions import build_trials
+    from mrisynth.study.runner import load_run_config, trial_status
 
     states = trial_status(args.run_dir)
     for name, state in states.items():
         print(f"{state:<10} {name}")
+    by_fraction: dict[float, Counter] = {}
+    for trial in build_trials(load_run_config(args.run_dir)):
+        by_fraction.setdefault(trial.fraction, Counter())[states[trial.name]] += 1
+    if len(by_fraction) > 1:
+        for fraction, counts in by_fraction.items():
+            print(f"real fraction {fraction:g}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+                  + f" (of {sum(counts.values())})")
     counts = Counter(states.values())
     print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f" (of {len(states)})")
     return 0
