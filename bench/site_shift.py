@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mrisynth.classify import ClassifierConfig, TrainData, fit
-from mrisynth.classify.evaluate import run_evaluate
+from mrisynth.classify.inference import run_evaluate
 from mrisynth.data.normalize import METHODS
 from mrisynth.data.phantom import PhantomConfig, run_phantom
 from mrisynth.data.prepare import PrepareConfig, run_prepare

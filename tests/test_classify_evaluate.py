@@ -14,7 +14,7 @@ from PIL import Image
 
 from mrisynth.classify import ClassifierConfig, TrainData, fit
 from mrisynth.classify.data import load_train_data
-from mrisynth.classify.evaluate import Preprocessing, read_images, run_evaluate, run_predict
+from mrisynth.classify.inference import Preprocessing, read_images, run_evaluate, run_predict
 from mrisynth.cli import main
 from mrisynth.data.manifest import load_manifest
 from mrisynth.errors import UserError
@@ -134,8 +134,6 @@ def test_evaluation_inputs_are_the_training_inputs_under_each_normalisation(tiny
     assert not np.array_equal(plain.test.images.numpy(), sets.test.images.numpy())
 
 
-@pytest.mark.xfail(strict=True, reason="classify/train.py fit() does not yet pass cfg.normalize / cfg.fit to "
-                   "load_train_data (hand-off of issue 15); remove this marker with that one-line change")
 def test_a_run_trained_with_normalisation_is_evaluated_with_it(tiny_manifest_dir, tmp_path):
     fit(tiny_cfg(normalize="zscore"), TrainData(real_dir=tiny_manifest_dir), tmp_path / "run")
     tree = split_as_tree(tiny_manifest_dir, tmp_path / "ext")

@@ -141,7 +141,7 @@ def test_external_sets_are_scored_in_every_trial_and_missing_scores_are_redone(
         scored.append((Path(run_dir).name, Path(data_dir).name))
         write_json(Path(out) / "metrics.json", {"accuracy": 0.5})
 
-    monkeypatch.setattr("mrisynth.classify.evaluate.run_evaluate", fake_evaluate)
+    monkeypatch.setattr("mrisynth.classify.inference.run_evaluate", fake_evaluate)
     site_b = tmp_path / "site-b"
     site_b.mkdir()
     cfg = small_config(tiny_manifest_dir, seeds=[0], ratios=[0, 1], external=[str(site_b)])

@@ -59,7 +59,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mrisynth.classify.evaluate import default_out, run_evaluate
+    from mrisynth.classify.inference import default_out, run_evaluate
 
     m = run_evaluate(args.run, args.data, out=args.out, split=args.split, exclude_unknown=args.exclude_unknown,
                      device=args.device)
@@ -73,7 +73,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from mrisynth.classify.evaluate import run_predict
+    from mrisynth.classify.inference import run_predict
 
     n = run_predict(args.run, args.paths, args.out, device=args.device)
     print(f"{n} images -> {args.out}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Literal
 
+from mrisynth.errors import UserError
+
 
 @dataclasses.dataclass
 class AugmentConfig:
@@ -63,3 +65,18 @@ class ClassifierConfig:
     deterministic: bool = True  # deterministic kernels (CPU results repeat exactly)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     samples_per_epoch: int | None = None  # None = training-set size; TrainData.samples_per_epoch wins when set
+
+    def __post_init__(self) -> None:
+        """Range checks at load (a config file or --set), before any run folder is written."""
+        from mrisynth.data.normalize import parse_normalization
+
+        for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if not 8 <= self.image_size <= 2048:
+            raise UserError(f"image_size must be 8 to 2048 pixels, got {self.image_size}")
+        if self.lr <= 0:
+            raise UserError(f"lr must be positive, got {self.lr}")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise UserError("samples_per_epoch must be at least 1 (or null for the training-set size)")
+        parse_normalization(self.normalize)  # a UserError naming the valid settings

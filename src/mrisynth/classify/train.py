@@ -159,7 +159,6 @@ def fit(
     from it stops the run there (a later call resumes). The folder is claimed for the run (files.claim_output_dir):
     another kind of output there, or a second training process on it, is refused.
     """
-    _check_settings(cfg)
     with claim_run_dir(out_dir):
         return _fit(cfg, data, ensure_writable_dir(out_dir), callback=callback)
 
@@ -182,7 +181,8 @@ def _fit(cfg: ClassifierConfig, data: TrainData, out_dir: Path, *, callback: Cal
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
 
     with main_process_first(dist):  # the main process builds missing caches; the others then read them
-        sets = load_train_data(run.data, image_size=cfg.image_size, device=device)
+        sets = load_train_data(run.data, image_size=cfg.image_size, device=device, normalize=cfg.normalize,
+                               fit=cfg.fit)
     model = build_classifier(cfg.model, len(sets.classes), weights=cfg.weights).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -363,18 +363,6 @@ def _write_predictions(path: Path, rows: list[tuple[str, DeviceSet, np.ndarray]]
         for image_id, label, p in zip(part.ids, part.labels.tolist(), probs):
             writer.writerow([split, image_id, classes[label], classes[int(p.argmax())], *[f"{v:.6f}" for v in p]])
     write_text(path, buffer.getvalue())
-
-
-def _check_settings(cfg: ClassifierConfig) -> None:
-    for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps"):
-        if getattr(cfg, key) < 1:
-            raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    if cfg.image_size < 8:
-        raise UserError(f"image_size must be at least 8 pixels, got {cfg.image_size}")
-    if cfg.lr <= 0:
-        raise UserError(f"lr must be positive, got {cfg.lr}")
-    if cfg.samples_per_epoch is not None and cfg.samples_per_epoch < 1:
-        raise UserError("samples_per_epoch must be at least 1 (or null for the training-set size)")
 
 
 def _save_or_check_config(run: RunConfig, out_dir: Path) -> None:

@@ -115,8 +115,8 @@ def _train(cfg: StudyConfig, trial: cond.Trial, arm: Arm, out: Path) -> None:
 
 
 def _score_external(cfg: StudyConfig, run: Path, trial: cond.Trial) -> None:
-    """The trained classifier on each external set, with its own preprocessing (classify.evaluate)."""
-    from mrisynth.classify.evaluate import run_evaluate
+    """The trained classifier on each external set, with its own preprocessing (classify.inference)."""
+    from mrisynth.classify.inference import run_evaluate
 
     for name, path in external_sets(cfg).items():
         target = external_dir(run, trial, name)
