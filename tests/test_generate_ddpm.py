@@ -291,3 +291,17 @@ def test_validation_records_and_keep_best(tiny_manifest_dir, tmp_path):
     assert any(not torch.equal(best[k], last[k]) for k in best)
     with pytest.raises(UserError, match="val_every needs a validation function"):
         ddpm.run_train(tiny_cfg(val_every=2), data_dir=tiny_manifest_dir, out_dir=tmp_path / "g2")
+
+
+def test_a_damaged_but_loadable_checkpoint_is_refused_on_resume(tiny_manifest_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    gen = tmp_path / "gen"
+    ddpm.run_train(tiny_cfg(steps=3, checkpoint_every=3), data_dir=tiny_manifest_dir, out_dir=gen)
+    weights = gen / "checkpoint" / "unet.safetensors"
+    tensors = load_file(weights)
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key] + 1e-3  # safetensors loads it happily
+    save_file(tensors, weights)
+    with pytest.raises(UserError, match="does not match the sha256 its checkpoint recorded"):
+        ddpm.run_train(tiny_cfg(steps=6, checkpoint_every=3), data_dir=tiny_manifest_dir, out_dir=gen)

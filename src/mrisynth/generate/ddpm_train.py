@@ -56,6 +56,7 @@ from mrisynth.generate.ddpm_model import (
     to_uint8_images,
     update_ema,
 )
+from mrisynth.generate.integrity import check_file_hashes, file_hashes
 from mrisynth.generate.recipe import (
     check_guidance,
     min_snr_weights,
@@ -77,6 +78,7 @@ from mrisynth.seeding import derive_seed, seed_everything
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
+_WEIGHT_FILES = ("unet.safetensors", "ema.safetensors")
 # Settings that may differ when a run is resumed: they change neither the model nor the random stream.
 _MAY_CHANGE = ("steps", "log_every", "checkpoint_every", "grid_every", "grid_per_class", "grid_steps", "device",
                "compile", "sample_preset", "val_every", "val_per_class")
@@ -211,6 +213,7 @@ def save_checkpoint(state: TrainState, path: Path, *, data_dir: str, learned_fro
             "global_rng": checkpoint.capture_rng(),
             "data_dir": data_dir,
             "learned_from": learned_from,
+            "weights_sha256": file_hashes(tmp, _WEIGHT_FILES),
         }, tmp / "state.pt")
 
 
@@ -224,6 +227,7 @@ def load_checkpoint(state: TrainState, path: Path, *, data_dir: str, learned_fro
             f"{path} was trained on another train split of {data_dir} (its ids, labels or pixels changed since: "
             "re-prepared data?); resuming would mix the two. Use a new --out, or delete the checkpoint folder"
         )
+    check_file_hashes(path, extra.get("weights_sha256"))
     device = next(state.unet.parameters()).device
     state.unet.load_state_dict(checkpoint.load_weights(path / "unet.safetensors", device=device))
     state.ema.load_state_dict(checkpoint.load_weights(path / "ema.safetensors", device=device))

@@ -35,6 +35,7 @@ from mrisynth.distributed import init_distributed, main_process_first
 from mrisynth.errors import UserError
 from mrisynth.files import append_jsonl, atomic_path, ensure_writable_dir, sha256_dir, write_json
 from mrisynth.generate import GENERATOR_JSON
+from mrisynth.generate.integrity import check_file_hashes, file_hashes
 from mrisynth.generate.recipe import (
     ema_decay_at,
     min_snr_weights,
@@ -260,6 +261,7 @@ def _save_checkpoint(out: Path, step: int, trainable: dict, optimizer: torch.opt
         checkpoint.save_state({
             "step": step, "fingerprint": fingerprint, "learned_from": learned_from, "optimizer": optimizer.state_dict(),
             "lr_scheduler": lr_sched.state_dict(), "global_rng": checkpoint.capture_rng(),
+            "weights_sha256": file_hashes(tmp, ("weights.safetensors", "ema.safetensors")),
         }, tmp / "state.pt")
     for old in root.glob("step-*"):  # keep only the newest
         if old != target:
@@ -285,6 +287,7 @@ def _resume(out: Path, unet: UNet2DConditionModel, optimizer: torch.optim.Optimi
             f"{out} holds a checkpoint of a run with other settings (model, data or hyper-parameters); "
             "use a new --out, or delete its checkpoints/ folder to start over"
         )
+    check_file_hashes(ckpt, state.get("weights_sha256"))
     device = next(unet.parameters()).device
     _, unexpected = unet.load_state_dict(checkpoint.load_weights(ckpt / "weights.safetensors", device=device),
                                                strict=False)
