@@ -100,3 +100,10 @@ def test_config_differences_name_dotted_keys():
     assert check_resumable(old, dict(new, inner=old["inner"]), resumable=["audit"], where="R") == ["audit.x"]
     with pytest.raises(UserError, match=r"R was started with other settings \(inner.lr: 0.1 then, 0.2 now\)"):
         check_resumable(old, new, resumable=["audit"], where="R")
+
+
+def test_a_float_written_without_a_dot_is_a_number():
+    cfg = load_config(Inner, overrides=["lr=3e-3"])  # YAML 1.1 alone would read the string "3e-3"
+    assert cfg.lr == 0.003
+    with pytest.raises(UserError, match="'lr' must be a number; got 'fast'"):
+        load_config(Inner, overrides=["lr=fast"])

@@ -17,6 +17,7 @@ raised at load, before any work starts. `save_config` writes the fully resolved 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import types
@@ -225,6 +226,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise UserError(f"config key '{key}' must be an integer; got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string; everyone means the number
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config key '{key}' must be a number; got {value!r}")
         return float(value)
