@@ -28,7 +28,7 @@ AUDIT = ("tests/test_data_audit.py",)
 RUNNER = ("tests/test_study_runner.py",)
 SUMMARY = ("tests/test_study_summary.py", "tests/test_study_stats.py", "tests/test_stats_secondary.py",
            "tests/test_study_conditions.py", "tests/test_study_folds.py")
-DDPM = ("tests/test_generate_ddpm.py", "tests/test_generate_recipe.py")
+DDPM = ("tests/test_generate_ddpm.py", "tests/test_generate_recipe.py", "tests/test_generate_ddpm_pixels.py")
 
 
 def _m(name, group, file, original, mutated, why, tests) -> Mutant:
