@@ -129,9 +129,12 @@ def test_resume_continues_exactly(tiny_manifest_dir, tmp_path):
 
 
 def test_resume_with_other_settings_is_refused(tiny_manifest_dir, tmp_path):
-    ddpm.run_train(tiny_cfg(steps=1), data_dir=tiny_manifest_dir, out_dir=tmp_path)
+    ddpm.run_train(tiny_cfg(steps=1), data_dir=tiny_manifest_dir, out_dir=tmp_path / "gen")
     with pytest.raises(UserError, match="lr"):
-        ddpm.run_train(tiny_cfg(steps=2, lr=1e-2), data_dir=tiny_manifest_dir, out_dir=tmp_path)
+        ddpm.run_train(tiny_cfg(steps=2, lr=1e-2), data_dir=tiny_manifest_dir, out_dir=tmp_path / "gen")
+    # A folder holding something else (here the data folder's parent) is never written into.
+    with pytest.raises(UserError, match="not a generator folder"):
+        ddpm.run_train(tiny_cfg(steps=1), data_dir=tiny_manifest_dir, out_dir=tmp_path)
 
 
 def test_training_writes_model_grid_metrics_and_info(trained_gen, two_tone_dir):

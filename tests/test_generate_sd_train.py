@@ -228,9 +228,9 @@ def test_fine_tuning_lowers_the_denoising_loss(tiny_model, tiny_manifest_dir, tm
 
 def test_a_damaged_latent_cache_is_rebuilt(tiny_model, tiny_manifest_dir, tmp_path):
     gen = tmp_path / "gen"
-    (gen / "cache").mkdir(parents=True)
-    (gen / "cache" / "latents-16.safetensors").write_bytes(b"not a safetensors file")
     run_train(tiny_cfg(tiny_model, steps=1), data_dir=tiny_manifest_dir, out_dir=gen)
+    (gen / "cache" / "latents-16.safetensors").write_bytes(b"not a safetensors file")
+    run_train(tiny_cfg(tiny_model, steps=2), data_dir=tiny_manifest_dir, out_dir=gen)  # the resumed run rebuilds it
     with safe_open(str(gen / "cache" / "latents-16.safetensors"), framework="pt") as f:
         assert f.get_slice("latents").get_shape()[0] == 18
 

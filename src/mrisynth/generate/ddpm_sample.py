@@ -24,7 +24,7 @@ from mrisynth.generate.ddpm_model import (
     seeded_noise,
     to_uint8_images,
 )
-from mrisynth.generate.output import SyntheticWriter, synthetic_id
+from mrisynth.generate.output import SyntheticWriter, claim_synthetic_dir, synthetic_id
 from mrisynth.generate.recipe import check_guidance, per_class_counts
 from mrisynth.generate.resume import check_resume_settings
 from mrisynth.seeding import derive_seed
@@ -90,7 +90,7 @@ def run_sample(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | 
 
     out = Path(out_dir)
     check_resume_settings(out / "config.yaml", cfg, may_change=_MAY_CHANGE)
-    with SyntheticWriter(out, classes, generator_sha256=checksum) as writer:
+    with claim_synthetic_dir(out), SyntheticWriter(out, classes, generator_sha256=checksum) as writer:
         save_config(cfg, out / "config.yaml")
         done = writer.existing_ids()
         wanted = [(c, i) for c, n in counts.items() for i in range(n)]

@@ -57,6 +57,7 @@ from mrisynth.generate.ddpm_model import (
     update_ema,
 )
 from mrisynth.generate.integrity import check_file_hashes, file_hashes
+from mrisynth.generate.output import claim_generator_dir
 from mrisynth.generate.recipe import (
     check_guidance,
     min_snr_weights,
@@ -299,6 +300,12 @@ def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | o
     _check(cfg)
     check_validation_settings(val_every=cfg.val_every, val_per_class=cfg.val_per_class, keep_best=cfg.keep_best,
                               validate=validate)
+    with claim_generator_dir(out_dir):
+        return _train(cfg, data_dir=data_dir, out_dir=out_dir, validate=validate)
+
+
+def _train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+           validate: ValidationFn | None) -> Path:
     out = ensure_writable_dir(out_dir)
     data_dir = str(Path(data_dir).resolve())
     check_resume_settings(out / "config.yaml", cfg, may_change=_MAY_CHANGE)

@@ -12,6 +12,7 @@ while the sampler draws the next batch; the bytes on disk are the same as writin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -24,9 +25,31 @@ import numpy as np
 from mrisynth.data.images import save_grayscale_png
 from mrisynth.data.manifest import ImageRecord, save_classes, save_manifest
 from mrisynth.errors import UserError
-from mrisynth.files import append_jsonl, atomic_path, ensure_writable_dir, read_jsonl, sha256_file
+from mrisynth.files import (
+    append_jsonl,
+    atomic_path,
+    claim_output_dir,
+    ensure_writable_dir,
+    read_jsonl,
+    sha256_file,
+)
 
 _SIDECAR = ".provenance.jsonl"
+
+
+GENERATOR_KIND, SYNTHETIC_KIND = "generator", "synthetic"  # output-folder kinds (files.claim_output_dir)
+
+
+def claim_generator_dir(path: str | os.PathLike) -> contextlib.AbstractContextManager[Path]:
+    """Hold `path` as a generator folder for a training run: one process, and never another kind of output.
+
+    Folders of the previous version (no marker) are adopted when they hold a generator run's config.yaml."""
+    return claim_output_dir(path, GENERATOR_KIND, legacy=lambda p: (p / "config.yaml").is_file())
+
+
+def claim_synthetic_dir(path: str | os.PathLike) -> contextlib.AbstractContextManager[Path]:
+    """Hold `path` as a synthetic set for a sampling run (earlier sets: their provenance sidecar)."""
+    return claim_output_dir(path, SYNTHETIC_KIND, legacy=lambda p: (p / _SIDECAR).is_file())
 
 
 def synthetic_id(class_name: str, index: int) -> str:

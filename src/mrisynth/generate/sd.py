@@ -133,13 +133,17 @@ def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | o
     """Fine-tune on the train split of `data_dir`; writes a generator folder to `out_dir` (see sd_train).
 
     `validate(images, labels) -> {"val_...": float}` scores a small draw every `cfg.val_every` steps."""
+    from mrisynth.generate.output import claim_generator_dir
     from mrisynth.generate.sd_train import train_sd
 
-    return train_sd(cfg, data_dir=data_dir, out_dir=out_dir, validate=validate)
+    with claim_generator_dir(out_dir):
+        return train_sd(cfg, data_dir=data_dir, out_dir=out_dir, validate=validate)
 
 
 def run_sample(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | os.PathLike) -> Path:
     """Write a synthetic set from a trained SD generator (see sd_sample)."""
+    from mrisynth.generate.output import claim_synthetic_dir
     from mrisynth.generate.sd_sample import sample_sd
 
-    return sample_sd(gen_dir, cfg, out_dir=out_dir)
+    with claim_synthetic_dir(out_dir):
+        return sample_sd(gen_dir, cfg, out_dir=out_dir)
