@@ -26,6 +26,11 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$out/gpu.txt" 
 check pytest-gpu 240 python -m pytest -m gpu -q -p no:cacheprovider
 check classifier-bench 240 python bench/classifier_throughput.py
 check generator-bench 300 python bench/generator_throughput.py --json "$out/generator.json"
+# Issue 14 on real SD-Turbo weights (a local copy: ~5 GB, too large to carry; put it in .device/sd-turbo where the
+# machine has one): 1-step vs multi-step sharpness after a LoRA fine-tune, fp16 NaN-free sampling, LoRA alpha reload.
+if [ -d .device/sd-turbo ]; then
+  check sd-real-weights 480 python bench/sd_real_weights.py --model .device/sd-turbo --out "$out/sdreal"
+fi
 if [ -d .device/figshare ]; then
   check prepare-ref 120 python -m mrisynth -q data prepare .device/figshare --split file:seed_split.csv --out "$out/ref"
   check seed-recipe-ref 600 python -m mrisynth -q classifier train --data "$out/ref" --preset seed --out "$out/clf-ref"
