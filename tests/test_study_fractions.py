@@ -175,3 +175,41 @@ def test_status_shows_each_fractions_progress(tiny_manifest_dir, tmp_path, monke
     out = capsys.readouterr().out
     assert "real fraction 1: done: 1, pending: 1 (of 2)" in out
     assert "real fraction 0.5: done: 1, pending: 1 (of 2)" in out
+
+
+def test_the_report_shows_regimes_exchange_and_external_sets(tiny_manifest_dir, tmp_path, monkeypatch):
+    from mrisynth.report import run_report
+
+    install_fakes(monkeypatch)
+
+    def fake_evaluate(run_dir, data_dir, *, out, **_):  # the external set: the internal test rows again
+        from mrisynth.files import write_json, write_text
+
+        write_text(Path(out) / "predictions.csv", (Path(run_dir) / "predictions.csv").read_text())
+        write_json(Path(out) / "metrics.json", {"accuracy": 0.0})
+
+    monkeypatch.setattr("mrisynth.classify.inference.run_evaluate", fake_evaluate)
+    site_b = tmp_path / "site-b"
+    site_b.mkdir()
+    cfg = small_config(tiny_manifest_dir, real_fractions=[0.5, 1.0], seeds=[0, 1, 2], ratios=[0, 1, 2],
+                       external=[str(site_b)])
+    run = tmp_path / "run"
+    assert run_study(cfg, run, report=run_report)["complete"]
+    summary = read_json(run / "report" / "summary.json")
+    names = [c["name"] for c in summary["conditions"]]
+    assert names == ["r0", "r1", "r2", "r0-real0.5", "r1-real0.5", "r2-real0.5"]
+    half = next(c for c in summary["conditions"] if c["name"] == "r1-real0.5")
+    assert half["fraction"] == 0.5 and half["train_real"] == 9 and half["comparison"]["seeds"] == [0, 1, 2]
+    grid = summary["regimes"]["grid"]
+    assert sorted((c["fraction"], c["ratio"]) for c in grid) == [(0.5, 1.0), (0.5, 2.0), (1.0, 1.0), (1.0, 2.0)]
+    assert summary["regimes"]["headline"].startswith("Synthetic images helped")  # the fake: synthetic helps
+    assert {r["condition"] for r in summary["regimes"]["exchange"]} == {"r1", "r2"}
+    ext = summary["external"]["site-b"]
+    assert [c["name"] for c in ext["conditions"]] == names and ext["best"]["condition"] == summary["best"]["name"]
+    # the external rows are the internal test rows here, so external and internal comparisons agree
+    internal = {c["name"]: c["comparison"]["diff"] for c in summary["conditions"] if c.get("comparison")}
+    assert {c["name"]: c["comparison"]["diff"] for c in ext["conditions"] if c.get("comparison")} == internal
+    md = (run / "report" / "report.md").read_text()
+    assert "## Data regimes: real fraction x ratio" in md and "## External set: site-b" in md
+    figures = sorted(p.name for p in (run / "report" / "figures").iterdir())
+    assert any("regimes" in f for f in figures) and any("real-images" in f for f in figures)

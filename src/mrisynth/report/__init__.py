@@ -13,7 +13,7 @@ import numpy as np
 
 from mrisynth.data.manifest import load_classes, load_manifest, select
 from mrisynth.files import atomic_path, write_csv, write_json, write_text
-from mrisynth.report import plots
+from mrisynth.report import plots, regimes
 from mrisynth.report.html import build_html
 from mrisynth.report.markdown import build_markdown
 from mrisynth.study.names import BASELINE, RATIO, TEST
@@ -44,8 +44,9 @@ def run_report(run_dir: str | os.PathLike) -> Path:
             names[caption] = name
         write_json(tmp / "summary.json", summary)
         write_csv(tmp / "results.csv", rows, columns=None if rows else ["trial"])
-        write_text(tmp / "report.md", build_markdown(summary, title=TITLE, figures=names))
-        write_text(tmp / "index.html", build_html(summary, title=TITLE, figures=figures))
+        extra = regimes.sections(summary)
+        write_text(tmp / "report.md", build_markdown(summary, title=TITLE, figures=names, sections=extra))
+        write_text(tmp / "index.html", build_html(summary, title=TITLE, figures=figures, sections=extra))
     log.info("report written to %s", out / "index.html")
     return out
 
@@ -59,7 +60,13 @@ def build_figures(run: Path, summary: dict, trials: list[dict]) -> dict[str, byt
     if any(c["kind"] == RATIO and c["n_trials"] for c in summary["conditions"]):
         figures["Metric vs ratio: test accuracy, macro F1 and validation accuracy"] = plots.plot_metric_vs_ratio(summary)
         figures["Per-class recall vs ratio"] = plots.plot_recall_vs_ratio(summary)
+    if len((summary.get("regimes") or {}).get("fractions", [])) > 1:
+        figures["Regimes: Δ vs real-only by real fraction and ratio"] = regimes.plot_regime_heatmap(summary)
+        figures["Real images: test accuracy against real training images, per ratio"] = \
+            regimes.plot_accuracy_vs_real(summary)
     best = (summary.get("best") or {}).get("condition")
+    top = (summary.get("best") or {}).get("fraction", 1.0)
+    trials = [t for t in trials if t.get("fraction", 1.0) == top]  # the figures below show the headline fraction
     shown = [BASELINE] + ([best] if best and best != BASELINE else [])
     data_dir = _real_data_dir(run)
     classes = load_classes(data_dir) if data_dir else []

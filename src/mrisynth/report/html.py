@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 
 from mrisynth.report.markdown import (
     AUDIT_HEADER,
@@ -35,8 +36,8 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], *, classes: lis
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def build_html(summary: dict, *, title: str, figures: dict[str, bytes]) -> str:
-    """The report page; `figures` maps captions to PNG bytes."""
+def build_html(summary: dict, *, title: str, figures: dict[str, bytes], sections: Sequence[tuple] = ()) -> str:
+    """The report page; `figures` maps captions to PNG bytes; `sections` as in markdown.build_markdown."""
     rows = verdict_rows(summary)
     classes = [r[-1].split()[0] for r in rows]
     parts = [
@@ -49,6 +50,8 @@ def build_html(summary: dict, *, title: str, figures: dict[str, bytes]) -> str:
         + (f"; patient-wise {summary['folds']}-fold cross-validation" if summary["folds"] else "") + ".</p>",
         "<h2>Verdicts against real-only</h2>",
         _table(VERDICT_HEADER, rows, classes=classes),
+        *(f"<h2>{html.escape(heading)}</h2><p>{html.escape(sentence)}</p>" + (_table(header, srows) if srows else "")
+          for heading, sentence, header, srows in sections),
         "<h2>Protocol caveats</h2><ul>" + "".join(f"<li>{html.escape(c)}</li>" for c in summary["caveats"]) + "</ul>",
     ]
     if summary.get("leakage"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from mrisynth.study.names import BASELINE
 from mrisynth.study.stats import NO_DIFFERENCE
@@ -83,8 +84,9 @@ def best_sentence(summary: dict) -> str:
             f"its test accuracy: {fmt_ci(best['test_accuracy'])}%{delta}.")
 
 
-def build_markdown(summary: dict, *, title: str, figures: dict[str, str]) -> str:
-    """The whole report as Markdown; `figures` maps captions to relative PNG paths."""
+def build_markdown(summary: dict, *, title: str, figures: dict[str, str], sections: Sequence[tuple] = ()) -> str:
+    """The whole report as Markdown; `figures` maps captions to relative PNG paths; `sections` are extra
+    (heading, sentence, header, rows) blocks shown after the verdicts (report/regimes.py)."""
     def md_row(values: tuple[str, ...]) -> str:
         return "| " + " | ".join(values) + " |"
 
@@ -94,6 +96,10 @@ def build_markdown(summary: dict, *, title: str, figures: dict[str, str]) -> str
              + (f" Patient-wise {summary['folds']}-fold cross-validation." if summary["folds"] else ""), "",
              "## Verdicts", "", md_row(VERDICT_HEADER), md_row(tuple("---" for _ in VERDICT_HEADER))]
     lines += [md_row(r) for r in verdict_rows(summary)]
+    for heading, sentence, header, rows in sections:
+        lines += ["", f"## {heading}", "", sentence, ""]
+        if rows:
+            lines += [md_row(header), md_row(tuple("---" for _ in header))] + [md_row(r) for r in rows]
     lines += ["", "## Protocol caveats", ""] + [f"- {c}" for c in summary["caveats"]]
     if summary.get("leakage"):
         lines += ["", "## Leakage audit (data/audit/leakage.json)", ""]

@@ -30,7 +30,10 @@ def _png(fig: plt.Figure) -> bytes:
 
 
 def _ladder(summary: dict) -> list[dict]:
-    return [c for c in summary["conditions"] if c["kind"] == RATIO and c["n_trials"]]
+    """The ratio ladder at the largest real fraction (the others are in the regime figures)."""
+    top = max((c.get("fraction", 1.0) for c in summary["conditions"]), default=1.0)
+    return [c for c in summary["conditions"] if c["kind"] == RATIO and c["n_trials"]
+            and c.get("fraction", 1.0) == top]
 
 
 def _ratio_axis(ax: plt.Axes, ratios: Sequence[float]) -> list[int]:

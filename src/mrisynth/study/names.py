@@ -36,3 +36,8 @@ def condition_name(kind: str, ratio: float) -> str:
     """The folder-safe name of a condition: "r0.5" for the ladder, "augment-only-r1" for a control."""
     r = f"{ratio:g}"
     return f"r{r}" if kind == RATIO else f"{kind}-r{r}"
+
+
+def arm_label(condition: str, fraction: float) -> str:
+    """A condition at a real fraction, as the report names it: "r1" at 100%, "r1-real0.25" at 25%."""
+    return condition + (f"-real{fraction:g}" if fraction < 1.0 else "")

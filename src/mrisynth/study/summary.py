@@ -22,9 +22,12 @@ from mrisynth.data.manifest import MANIFEST_NAME, load_manifest
 from mrisynth.files import read_json
 from mrisynth.study import stats
 from mrisynth.study.comparisons import NOT_COMPARED, apply_holm, compare, power_warnings
-from mrisynth.study.conditions import build_conditions, build_trials
-from mrisynth.study.config import StudyConfig
-from mrisynth.study.names import BASELINE, EVAL_SETS, RATIO, TEST, VAL
+from mrisynth.study.conditions import Condition, build_conditions, build_trials, real_fractions
+from mrisynth.study.config import StudyConfig, external_sets
+from mrisynth.study.external import external_summary
+from mrisynth.study.names import BASELINE, EVAL_SETS, RATIO, TEST, VAL, arm_label
+from mrisynth.study.regimes import regime_summary
+from mrisynth.study.trial import EXTERNAL_DIR, EXTERNAL_PREDICTIONS
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +49,13 @@ def load_trial_results(run: str | os.PathLike, cfg: StudyConfig) -> list[dict]:
         correct = read_test_correctness(d / "predictions.csv")
         out.append({
             "trial": trial.name, "condition": trial.condition.name, "kind": trial.condition.kind,
-            "ratio": trial.condition.ratio, "seed": trial.seed, "fold": trial.fold, "dir": str(d),
+            "ratio": trial.condition.ratio, "seed": trial.seed, "fold": trial.fold, "fraction": trial.fraction,
+            "dir": str(d),
             "result": result, "info": read_json(d / "trial.json") if (d / "trial.json").is_file() else {},
             "test_correct": correct,
             "missing": None if correct else "no test rows in predictions.csv (missing or empty)",
+            "external": {name: read_test_correctness(d / EXTERNAL_DIR / name / EXTERNAL_PREDICTIONS)
+                         for name in external_sets(cfg)},
         })
         if not correct:
             log.warning("trial %s has a result.json but no test predictions; its condition gets no verdict", d)
@@ -70,7 +76,7 @@ def results_rows(trials: list[dict], *, n_boot: int = 2000) -> list[dict]:
     rows = []
     for t in trials:
         res = t["result"]
-        row = {k: t[k] for k in ("trial", "condition", "kind", "ratio", "seed", "fold")}
+        row = {k: t[k] for k in ("trial", "condition", "kind", "ratio", "seed", "fold", "fraction")}
         row["train_real"] = res.get("train_real", t["info"].get("train_real"))
         row["train_synthetic"] = res.get("train_synthetic", t["info"].get("train_synthetic"))
         for split in EVAL_SETS:
@@ -87,39 +93,38 @@ def results_rows(trials: list[dict], *, n_boot: int = 2000) -> list[dict]:
 
 def summarize(run: str | os.PathLike, cfg: StudyConfig, trials: list[dict] | None = None) -> dict:
     """Everything the report shows, as one JSON-ready dict (see report/ for how it is drawn); `trials` are
-    the run's `load_trial_results` when the caller has them already."""
+    the run's `load_trial_results` when the caller has them already.
+
+    Each condition at each real fraction is one entry, compared with real-only at the same fraction; Holm runs
+    across all of them. The best ratio is chosen on validation at the largest fraction.
+    """
     run = Path(run)
     trials = load_trial_results(run, cfg) if trials is None else trials
-    by_condition: dict[str, list[dict]] = defaultdict(list)
-    for t in trials:
-        by_condition[t["condition"]].append(t)
-    baseline = by_condition.get(BASELINE, [])
     patient_of = patients_by_image(run)
     conditions = []
-    for c in build_conditions(cfg):
-        group = by_condition.get(c.name, [])
-        entry = {"name": c.name, "kind": c.kind, "ratio": c.ratio, "n_trials": len(group),
-                 "n_incomplete": sum(1 for t in group if t["missing"])}
-        for split in EVAL_SETS:
-            for m in METRICS:
-                values = [(t["result"].get(split) or {}).get(m) for t in group]
-                values = [v for v in values if v is not None and not _isnan(v)]
-                entry[f"{split}_{m}"] = stats.t_interval(values, bounds=(-1.0, 1.0) if m == "mcc" else (0.0, 1.0))
-        entry["test_recall"] = _per_class_recall(group)
-        entry["train_synthetic"] = _first(group, "train_synthetic")
-        entry["train_real"] = _first(group, "train_real")
-        if c.name != BASELINE and group:
-            entry["comparison"] = compare(baseline, group, n_boot=cfg.bootstrap, seed=_seed_of(c.name),
-                                          patient_of=patient_of)
-        conditions.append(entry)
+    for fraction in real_fractions(cfg):
+        here = [t for t in trials if t["fraction"] == fraction]
+        baseline = [t for t in here if t["condition"] == BASELINE]
+        for c in build_conditions(cfg):
+            group = [t for t in here if t["condition"] == c.name]
+            entry = _condition_entry(c, group, fraction)
+            if c.name != BASELINE and group:
+                entry["comparison"] = compare(baseline, group, n_boot=cfg.bootstrap,
+                                              seed=_seed_of(entry["name"]), patient_of=patient_of)
+            conditions.append(entry)
     apply_holm(conditions, alpha=cfg.alpha)
+    top = real_fractions(cfg)[0]
+    best = choose_best([c for c in conditions if c["fraction"] == top], [t for t in trials if t["fraction"] == top])
     incomplete = [{"trial": t["trial"], "reason": t["missing"]} for t in trials if t["missing"]]
     return {
         "n_trials_done": len(trials),
         "n_trials_total": len(build_trials(cfg)),
         "incomplete": incomplete,
         "conditions": conditions,
-        "best": choose_best(conditions, trials),
+        "best": best,
+        "real_fractions": real_fractions(cfg),
+        "regimes": regime_summary(conditions, trials, n_boot=cfg.bootstrap),
+        "external": external_summary(cfg, trials, conditions, best),
         "caveats": caveats(run, cfg) + power_warnings(conditions) + _incomplete_notes(conditions, incomplete),
         "leakage": _read_optional(run / "data" / "audit" / "leakage.json"),
         "audit": audit_headline(run / "quality" / "quality.json"),
@@ -127,6 +132,21 @@ def summarize(run: str | os.PathLike, cfg: StudyConfig, trials: list[dict] | Non
         "seeds": list(cfg.seeds),
         "folds": cfg.folds,
     }
+
+
+def _condition_entry(c: Condition, group: list[dict], fraction: float) -> dict:
+    """A condition's scores at one real fraction: mean and t-interval over its runs for every metric."""
+    entry = {"name": arm_label(c.name, fraction), "condition": c.name, "kind": c.kind, "ratio": c.ratio,
+             "fraction": fraction, "n_trials": len(group), "n_incomplete": sum(1 for t in group if t["missing"])}
+    for split in EVAL_SETS:
+        for m in METRICS:
+            values = [(t["result"].get(split) or {}).get(m) for t in group]
+            values = [v for v in values if v is not None and not _isnan(v)]
+            entry[f"{split}_{m}"] = stats.t_interval(values, bounds=(-1.0, 1.0) if m == "mcc" else (0.0, 1.0))
+    entry["test_recall"] = _per_class_recall(group)
+    entry["train_synthetic"] = _first(group, "train_synthetic")
+    entry["train_real"] = _first(group, "train_real")
+    return entry
 
 
 def patients_by_image(run: Path) -> dict[str, str]:
@@ -164,9 +184,14 @@ def choose_best(conditions: list[dict], trials: list[dict] | None = None) -> dic
         return None
     best = max(ladder, key=lambda c: (round(c["val_accuracy"]["mean"], 12), -c["ratio"]))
     comparison = best.get("comparison") or {}
-    return {"condition": best["name"], "ratio": best["ratio"], "val_accuracy": best["val_accuracy"],
-            "test_accuracy": best["test_accuracy"], "verdict": _verdict_of(best["name"], comparison),
-            "diff_vs_real_only": comparison.get("diff")}
+    return {"condition": _plain(best), "name": best["name"], "fraction": best.get("fraction", 1.0),
+            "ratio": best["ratio"], "val_accuracy": best["val_accuracy"], "test_accuracy": best["test_accuracy"],
+            "verdict": _verdict_of(_plain(best), comparison), "diff_vs_real_only": comparison.get("diff")}
+
+
+def _plain(entry: dict) -> str:
+    """A condition entry's condition name without its real-fraction suffix."""
+    return entry.get("condition", entry["name"])
 
 
 def _verdict_of(name: str, comparison: dict) -> str:
@@ -177,7 +202,7 @@ def _choose_per_fold(conditions: list[dict], trials: list[dict]) -> dict | None:
     """Per fold: the ratio with the best validation accuracy (mean over seeds) in that fold, and its test
     accuracy and difference from real-only on that fold's test fold. The headline is the mean over folds;
     `condition` is the ratio chosen most often (ties: the smaller), for figures."""
-    ratio_of = {c["name"]: c["ratio"] for c in conditions if c["kind"] == RATIO}
+    ratio_of = {_plain(c): c["ratio"] for c in conditions if c["kind"] == RATIO}
     scores: dict[tuple[int, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for t in trials:
         if t["condition"] in ratio_of:
@@ -201,8 +226,10 @@ def _choose_per_fold(conditions: list[dict], trials: list[dict]) -> dict | None:
     condition = max(set(chosen), key=lambda n: (chosen.count(n), -ratio_of[n]))
     diffs = [f["diff_vs_real_only"] for f in per_fold if f["diff_vs_real_only"] is not None]
     same = len(set(chosen)) == 1
-    comparison = next((c.get("comparison") or {} for c in conditions if c["name"] == condition), {})
-    return {"condition": condition, "ratio": ratio_of[condition], "per_fold": per_fold,
+    entry = next(c for c in conditions if _plain(c) == condition)
+    comparison = entry.get("comparison") or {}
+    return {"condition": condition, "name": entry["name"], "fraction": entry.get("fraction", 1.0),
+            "ratio": ratio_of[condition], "per_fold": per_fold,
             "val_accuracy": stats.t_interval([f["val_accuracy"] for f in per_fold], bounds=(0.0, 1.0)),
             "test_accuracy": stats.t_interval([f["test_accuracy"] for f in per_fold], bounds=(0.0, 1.0)),
             "diff_vs_real_only": float(np.mean(diffs)) if len(diffs) == len(per_fold) else None,

@@ -36,6 +36,7 @@ FAILED = "failed.json"
 PRETRAIN_DIR = "pretrain"
 EXTERNAL_DIR = "external"
 EXTERNAL_METRICS = "metrics.json"
+EXTERNAL_PREDICTIONS = "predictions.csv"
 
 
 def trial_dir(run: Path, trial: cond.Trial) -> Path:
