@@ -49,3 +49,60 @@ def test_weights_round_trip_and_corruption_is_clear(tmp_path):
     (tmp_path / "s.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="corrupted"):
         load_state(tmp_path / "s.pt")
+
+
+_FULL_DISK = """
+import resource, signal, sys, torch
+from mrisynth.checkpoint import save_state, save_weights
+from mrisynth.errors import UserError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, like a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+save = save_state if sys.argv[2] == "state" else save_weights
+try:
+    save({"w": torch.zeros(100000)}, sys.argv[1])
+except UserError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize("what", ["state", "weights"])
+def test_a_write_that_runs_out_of_space_is_one_line_and_keeps_the_old_checkpoint(what, tmp_path):
+    # fault 13: a full disk during a checkpoint write was a traceback (torch and safetensors wrap the OSError)
+    import subprocess
+    import sys
+
+    path = tmp_path / ("last.pt" if what == "state" else "best.safetensors")
+    (save_state if what == "state" else save_weights)({"w": torch.ones(3)}, path)
+    old = path.read_bytes()
+    result = subprocess.run([sys.executable, "-c", _FULL_DISK, str(path), what], capture_output=True, text=True)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.strip() == (f"cannot write {path}: the file size limit is exceeded; free space or choose a "
+                                     "writable --out, then rerun the same command (finished steps are kept)")
+    assert path.read_bytes() == old and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_a_corrupt_best_checkpoint_advises_retraining_not_a_delete(tmp_path):
+    # fault 24: "delete it and rerun" led to "does not exist": a rerun never rewrites the best epoch's weights
+    from mrisynth.classify.checkpoint import load_best
+    from mrisynth.classify.models import build_classifier
+
+    (tmp_path / "best.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(UserError) as info:
+        load_best(build_classifier("tiny", 3), tmp_path)
+    assert str(info.value).endswith(f"the best epoch's weights cannot be rebuilt: delete the run folder {tmp_path} "
+                                    "and train it again")
+
+
+def test_an_earlier_classifier_run_or_study_trial_is_recognised_but_a_user_folder_is_not(tmp_path):
+    from mrisynth.classify.checkpoint import is_classifier_run
+
+    run, trial, mine = tmp_path / "run", tmp_path / "trial", tmp_path / "mine"
+    for folder, names in ((run, ["config.yaml", "metrics.jsonl", "last.pt"]), (trial, ["trial.json"]),
+                          (mine, ["config.yaml"])):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text("")
+    assert is_classifier_run(run) and is_classifier_run(trial)
+    assert not is_classifier_run(mine)
+    (run / "thesis.tex").write_text("")
+    assert not is_classifier_run(run)

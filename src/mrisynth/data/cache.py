@@ -140,6 +140,8 @@ def load_cache(data_dir: str | os.PathLike, size: int, *, fit: Fit = "resize", b
     """Memory-map the cache of `data_dir` at `size`, building (or rebuilding a stale one) when `build`."""
     data_dir = Path(data_dir)
     check_cache_size(size)
+    records, classes = load_manifest(data_dir), load_classes(data_dir)
+    check_labels(records, classes, where=str(data_dir / MANIFEST_NAME))  # before training, not after it
     out = cache_dir(data_dir, size, fit)
     if not _is_current(out, data_dir):
         if not build:
@@ -149,9 +151,6 @@ def load_cache(data_dir: str | os.PathLike, size: int, *, fit: Fit = "resize", b
         with FileLock(str(out.parent / f".{out.name}.lock")):
             if not _is_current(out, data_dir):
                 build_cache(data_dir, size, fit=fit)
-    records = load_manifest(data_dir)
-    classes = load_classes(data_dir)
-    check_labels(records, classes, where=str(data_dir / MANIFEST_NAME))  # before training, not after it
     images = np.load(out / "images.npy", mmap_mode="r")
     if images.shape != (len(records), size, size):
         raise UserError(f"cache {out} has shape {images.shape}, expected {(len(records), size, size)}; delete it")
