@@ -52,16 +52,16 @@ def main() -> None:
     if not (out / "data" / "manifest.csv").is_file():
         run_prepare(out / "phantom", out / "data", PrepareConfig())
 
-    train_cfg = from_dict(ddpm.TrainConfig, {**ddpm.TRAIN_PRESETS["demo"], "image_size": args.size})
+    train_cfg = from_dict(ddpm.TrainConfig, {**preset_values(ddpm.TrainConfig, "demo"), "image_size": args.size})
     if args.steps:
-        train_cfg = from_dict(ddpm.TrainConfig, {**ddpm.TRAIN_PRESETS["demo"], "image_size": args.size,
+        train_cfg = from_dict(ddpm.TrainConfig, {**preset_values(ddpm.TrainConfig, "demo"), "image_size": args.size,
                                                  "steps": args.steps})
     tick = time.perf_counter()
     ddpm.run_train(train_cfg, data_dir=out / "data", out_dir=out / "gen")
     figures["train_s"] = round(time.perf_counter() - tick, 1)
     figures["train_steps"] = train_cfg.steps
 
-    sample = {**ddpm.SAMPLE_PRESETS[args.sample_preset], "n_per_class": args.n_per_class}
+    sample = {**preset_values(ddpm.SampleConfig, args.sample_preset), "n_per_class": args.n_per_class}
     if args.guidance is not None:
         sample["guidance"] = args.guidance
     sample_cfg = from_dict(ddpm.SampleConfig, sample)

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from mrisynth.config import from_dict
+from mrisynth.config import from_dict, preset_values
 from mrisynth.data.phantom import PhantomConfig, run_phantom
 from mrisynth.data.prepare import PrepareConfig, run_prepare
 from mrisynth.files import read_jsonl
@@ -36,7 +36,7 @@ def main() -> None:
         run_phantom(PhantomConfig(patients=60, size=64), out / "phantom")
     if not (out / "data" / "manifest.csv").is_file():
         run_prepare(out / "phantom", out / "data", PrepareConfig())
-    cfg = from_dict(ddpm.TrainConfig, {**ddpm.TRAIN_PRESETS["demo"], "steps": args.steps, "val_every": args.every,
+    cfg = from_dict(ddpm.TrainConfig, {**preset_values(ddpm.TrainConfig, "demo"), "steps": args.steps, "val_every": args.every,
                                        "val_per_class": args.per_class, "keep_best": "val_fd", "grid_every": 0})
     validate = build_generator_validation(out / "data", image_size=cfg.image_size, fit=cfg.fit, seed=cfg.seed)
     spent = [0.0]

@@ -35,7 +35,7 @@ def main() -> None:
     if not args.model or not Path(args.model).is_dir():
         print("skipped: no weights (pass --model with a local sd-turbo folder)")
         return
-    from mrisynth.config import from_dict
+    from mrisynth.config import from_dict, preset_values
     from mrisynth.data.cache import load_cache
     from mrisynth.data.phantom import PhantomConfig, run_phantom
     from mrisynth.data.prepare import PrepareConfig, run_prepare
@@ -46,14 +46,14 @@ def main() -> None:
         run_phantom(PhantomConfig(patients=24, size=args.size), out / "phantom")
     if not (out / "data" / "manifest.csv").is_file():
         run_prepare(out / "phantom", out / "data", PrepareConfig())
-    cfg = from_dict(sd.TrainConfig, {**sd.TRAIN_PRESETS["lora"], "model": args.model, "steps": args.steps,
+    cfg = from_dict(sd.TrainConfig, {**preset_values(sd.TrainConfig, "lora"), "model": args.model, "steps": args.steps,
                                      "lora_rank": 8, "lora_alpha": 16, "ema": True, "sample_every": 0, "size": args.size,
                                      "checkpoint_every": args.steps})
     gen = sd.run_train(cfg, data_dir=out / "data", out_dir=out / "gen")
     real = load_cache(out / "data", args.size)
     figures: dict = {"real_sharpness": round(sharpness(real.images[real.indices("train")]), 3)}
     for preset in ("finetuned", "turbo"):
-        sample = from_dict(sd.SampleConfig, {**sd.SAMPLE_PRESETS[preset], "n_per_class": 16, "precision": args.precision})
+        sample = from_dict(sd.SampleConfig, {**preset_values(sd.SampleConfig, preset), "n_per_class": 16, "precision": args.precision})
         syn = sd.run_sample(gen, sample, out_dir=out / f"syn-{preset}")
         cache = load_cache(syn, args.size)
         figures[f"{preset}_sharpness_vs_real"] = round(sharpness(cache.images) / figures["real_sharpness"], 3)

@@ -18,7 +18,7 @@ from mrisynth.classify.optim import EarlyStopping, build_scheduler
 from mrisynth.classify.train import evaluate as real_evaluate
 from mrisynth.classify.train import train_one_epoch
 from mrisynth.classify.train import train_one_epoch as real_train_one_epoch
-from mrisynth.config import load_config, merge_dicts, preset_values
+from mrisynth.config import from_dict, load_config, merge_dicts, parse_overrides, preset_values
 from mrisynth.data.cache import load_cache
 
 
@@ -48,8 +48,8 @@ def test_early_stopping_waits_patience_epochs_and_remembers_best():
 def test_fast_preset_runs_on_cpu_with_warmup_then_cosine(tiny_manifest_dir, tmp_path):
     torch.set_num_threads(1)
     base = merge_dicts(preset_values(ClassifierConfig, "fast"), preset_values(ClassifierConfig, "tiny"))
-    cfg = load_config(ClassifierConfig, base=base, overrides=[
-        "image_size=16", "epochs=5", "warmup_epochs=2", "batch_size=9", "lr=0.01", "min_lr=0.0001"])
+    cfg = from_dict(ClassifierConfig, merge_dicts(base, parse_overrides([
+        "image_size=16", "epochs=5", "warmup_epochs=2", "batch_size=9", "lr=0.01", "min_lr=0.0001"])))
     assert cfg.optimizer == "adamw" and cfg.label_smoothing > 0 and cfg.compile  # GPU switches ignored on CPU
     fit(cfg, TrainData(real_dir=tiny_manifest_dir), tmp_path / "run")
     lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

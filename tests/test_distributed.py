@@ -113,7 +113,7 @@ def test_ddpm_micro_batches_give_the_full_batch_gradient():
     from mrisynth.generate.ddpm_train import TrainingData, diffusion_loss, draw_batch, draw_noise
 
     torch.manual_seed(0)
-    cfg = load_config(ddpm.TrainConfig, base=ddpm.TRAIN_PRESETS["tiny"], overrides=["batch_size=8"])
+    cfg = load_config(ddpm.TrainConfig, preset="tiny", overrides=["batch_size=8"])
     unet, scheduler = ddpm.build_unet(cfg, 3), ddpm.build_noise_scheduler(cfg)
     size = cfg.image_size
     data = TrainingData(images=torch.randint(0, 256, (20, 1, size, size), dtype=torch.uint8),
@@ -154,6 +154,6 @@ def test_ddpm_under_torchrun_two_processes_matches_one(tiny_manifest_dir, tmp_pa
     from mrisynth.config import load_config
     from mrisynth.generate import ddpm
 
-    tiny = load_config(ddpm.TrainConfig, base=ddpm.TRAIN_PRESETS["tiny"])
+    tiny = load_config(ddpm.TrainConfig, preset="tiny")
     for name, value in one.items():
         torch.testing.assert_close(two[name], value, rtol=0, atol=2 * tiny.lr * tiny.steps)

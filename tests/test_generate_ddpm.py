@@ -11,7 +11,7 @@ from PIL import Image
 
 from mrisynth.checkpoint import load_weights
 from mrisynth.cli import main
-from mrisynth.config import from_dict
+from mrisynth.config import from_dict, preset_values
 from mrisynth.data.images import save_grayscale_png
 from mrisynth.data.manifest import ImageRecord, load_manifest, save_classes, save_manifest
 from mrisynth.errors import UserError
@@ -20,7 +20,7 @@ from mrisynth.generate import ddpm
 from mrisynth.generate.ddpm_model import seeded_noise
 from mrisynth.generate.ddpm_train import diffusion_loss, draw_noise
 
-TINY = ddpm.TRAIN_PRESETS["tiny"]
+TINY = preset_values(ddpm.TrainConfig, "tiny")
 
 
 def tiny_cfg(**changes) -> ddpm.TrainConfig:
@@ -162,7 +162,7 @@ def test_trained_model_follows_the_class_label(trained_gen):
 
 def test_sample_output_contract_and_resume(trained_gen, tmp_path):
     out = tmp_path / "syn"
-    cfg = from_dict(ddpm.SampleConfig, {**ddpm.SAMPLE_PRESETS["fast"], "n_per_class": 2, "batch_size": 3})
+    cfg = from_dict(ddpm.SampleConfig, {**preset_values(ddpm.SampleConfig, "fast"), "n_per_class": 2, "batch_size": 3})
     ddpm.run_sample(trained_gen, cfg, out_dir=out)
     rows = load_manifest(out)
     assert [r.class_name for r in rows] == ["dark", "dark", "bright", "bright"]
@@ -176,7 +176,7 @@ def test_sample_output_contract_and_resume(trained_gen, tmp_path):
     first = {r.id: (r.sha256, r.path) for r in rows}
     mtimes = {i: os.stat(p).st_mtime_ns for i, (_, p) in first.items()}
     # Asking for more resumes: existing images are kept untouched, the new ones are added.
-    ddpm.run_sample(trained_gen, from_dict(ddpm.SampleConfig, {**ddpm.SAMPLE_PRESETS["fast"], "n_per_class": 3}),
+    ddpm.run_sample(trained_gen, from_dict(ddpm.SampleConfig, {**preset_values(ddpm.SampleConfig, "fast"), "n_per_class": 3}),
                     out_dir=out)
     rows = load_manifest(out)
     assert len(rows) == 6

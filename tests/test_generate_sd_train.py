@@ -12,13 +12,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mrisynth.cli import main
-from mrisynth.config import from_dict
+from mrisynth.config import from_dict, preset_values
 from mrisynth.data.manifest import load_manifest, select
 from mrisynth.errors import UserError
 from mrisynth.files import read_jsonl
 from mrisynth.generate import read_generator_info
 from mrisynth.generate import sd_latents as latents_mod
-from mrisynth.generate.sd import TRAIN_PRESETS, TrainConfig, run_train
+from mrisynth.generate.sd import TrainConfig, run_train
 from mrisynth.generate.sd_load import resolve_model_dir
 from sd_tiny import save_tiny_pipeline
 
@@ -30,7 +30,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def tiny_cfg(model: Path, **changes) -> TrainConfig:
     # 16 px images: 8x8 latents through the tiny VAE, the least work that still exercises every part.
-    return from_dict(TrainConfig, {**TRAIN_PRESETS["tiny"], "model": str(model), "size": 16, **changes})
+    return from_dict(TrainConfig, {**preset_values(TrainConfig, "tiny"), "model": str(model), "size": 16, **changes})
 
 
 def test_full_finetune_saves_a_loadable_pipeline(tiny_model, tiny_manifest_dir, tmp_path):

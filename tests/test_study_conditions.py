@@ -110,7 +110,8 @@ def test_presets_resolve_to_every_steps_own_config(preset):
         assert (clf.model, clf.epochs, sample.mode, sample.steps) == ("resnet50", 100, "img2img", 50)
         assert cfg.data.prepare.split.startswith("file:") and cfg.seeds == [42]
     if preset == "rigorous":
-        assert len(cfg.seeds) == 5 and len(cfg.controls) == 3 and clf.optimizer == "adamw"
+        assert len(cfg.seeds) == 5 and len(cfg.controls) == 4 and clf.optimizer == "adamw"
+        assert (sample.steps, sample.guidance, clf.normalize) == (30, 2.0, "zscore")  # multi-step after a fine-tune
     if preset == "demo":
         assert (clf.model, clf.epochs, cfg.generator.backend, cfg.generator.train.steps) == ("tiny", 6, "ddpm", 1000)
     augmented = classifier_for_trial(cfg, seed=0, extra=cfg.augment_only_classifier)

@@ -49,7 +49,7 @@ def test_the_generator_sections_take_the_chosen_backends_types():
     sd = load_config(StudyConfig, "demo", overrides=["generator.backend=sd", "generator.train.base=full",
                                                      "generator.sample.base=seed"])
     assert type(ddpm.generator.train).__module__.endswith("ddpm_config")
-    assert type(sd.generator.train).__module__.endswith(".sd") and sd.generator.train.mode == "full"
+    assert type(sd.generator.train).__module__.endswith(".sd_config") and sd.generator.train.mode == "full"
     with pytest.raises(UserError, match="unknown config key 'generator.train.patch'"):  # a DDPM key under sd
         load_config(StudyConfig, "demo", overrides=["generator.backend=sd", "generator.train.base=full",
                                                     "generator.sample.base=seed", "generator.train.patch=2"])

@@ -49,7 +49,7 @@ class Recorder:
 
 
 def _fake_backend(rec: Recorder) -> types.ModuleType:
-    def run_train(cfg, *, data_dir, out_dir):
+    def run_train(cfg, *, data_dir, out_dir, validate=None):
         rec.trained_on.append(Path(data_dir))
         write_json(Path(out_dir) / "generator.json", {"backend": "fake", "classes": load_classes(data_dir)})
         return Path(out_dir)
@@ -67,8 +67,8 @@ def _fake_backend(rec: Recorder) -> types.ModuleType:
                 writer.add(img, image_id=synthetic_id(cls, i), class_name=cls, seed=i, steps=1)
         return writer.finish().parent
 
-    return types.SimpleNamespace(TrainConfig=FakeTrainConfig, SampleConfig=FakeSampleConfig, TRAIN_PRESETS={},
-                                 SAMPLE_PRESETS={}, run_train=run_train, run_sample=run_sample)
+    return types.SimpleNamespace(TrainConfig=FakeTrainConfig, SampleConfig=FakeSampleConfig,
+                                 run_train=run_train, run_sample=run_sample)
 
 
 def _fake_fit(rec: Recorder):

@@ -20,6 +20,7 @@ from mrisynth.data import cli as data_cli
 from mrisynth.errors import UserError
 from mrisynth.generate import cli as generate_cli
 from mrisynth.quality import cli as quality_cli
+from mrisynth.quality.generator_validation import build_generator_validation
 from mrisynth.study import cli as study_cli
 
 # Order is the order shown in --help.
@@ -43,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for area in AREAS:
-        area.register(subparsers)
+        if area is generate_cli:  # the generator's validation scorer lives above generate/ (in quality/)
+            area.register(subparsers, build_validation=build_generator_validation)
+        else:
+            area.register(subparsers)
     return parser
 
 

@@ -37,7 +37,7 @@ def add_config_args(parser: argparse.ArgumentParser, *, presets_of: type | None 
     )
 
 
-def config_from_args(cls: type[T], args: argparse.Namespace, *, base: dict | None = None) -> T:
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     """Resolve a config dataclass from defaults, `--preset`, `--config` and `--set`."""
     return load_config(cls, getattr(args, "config", None), overrides=getattr(args, "overrides", []),
-                       preset=getattr(args, "preset", None), base=base)
+                       preset=getattr(args, "preset", None))

@@ -94,18 +94,6 @@ def read_yaml_layers(name_or_path: str | os.PathLike, folder: str = "study", *, 
     return merge_dicts(read_yaml_layers(base, folder, _seen=(*_seen, str(path.resolve()))), data)
 
 
-def preset_dict(presets: dict, name: str | None, what: str) -> dict:
-    """A copy of the named in-code preset (a dict of differences), {} for None; unknown names are a UserError.
-
-    `what` names the kind of preset in the message, e.g. "classifier" or "ddpm training".
-    """
-    if name is None:
-        return {}
-    if name not in presets:
-        raise UserError(f"unknown {what} preset '{name}'; use one of {', '.join(presets)}")
-    return dict(presets[name])
-
-
 def merge_dicts(base: dict, update: dict) -> dict:
     """Recursive merge: mappings merge key by key, anything else is replaced."""
     out = dict(base)
@@ -290,14 +278,12 @@ def load_config(
     *,
     overrides: typing.Iterable[str] = (),
     preset: str | None = None,
-    base: dict | None = None,
 ) -> T:
     """Defaults of `cls`, then the `preset` (a shipped name), then the YAML file, then `--set` overrides.
 
-    `config` is a YAML path or the name of a shipped preset of `cls`. (`base`, a dict of differences applied
-    first, serves the generator CLI's in-code presets until they are YAML files too.)
+    `config` is a YAML path or the name of a shipped preset of `cls`.
     """
-    data: dict = {BASE_KEY: preset} if preset else dict(base or {})
+    data: dict = {BASE_KEY: preset} if preset else {}
     if config is not None:
         data = merge_dicts(data, read_yaml_layers(config, preset_folder(cls) or ""))
     data = merge_dicts(data, parse_overrides(overrides))

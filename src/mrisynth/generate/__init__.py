@@ -1,9 +1,9 @@
 """Generators: SD-family fine-tuning through diffusers (`sd`) and class-conditional DDPM from scratch (`ddpm`).
 
-Each backend module exposes the same five names, so the CLI and the study treat them alike:
+Each backend module exposes the same four names, so the CLI and the study treat them alike:
 
-    TrainConfig, SampleConfig      dataclasses (defaults in code)
-    TRAIN_PRESETS, SAMPLE_PRESETS  dict[str, dict]: named differences from the defaults
+    TrainConfig, SampleConfig      dataclasses (defaults in code; presets are YAML files of differences in
+                                   mrisynth/configs/<backend>-train/ and <backend>-sample/)
     run_train(cfg, *, data_dir, out_dir) -> Path          fine-tune/train on the train split, save to out_dir
     run_sample(gen_dir, cfg, *, out_dir) -> Path          write a synthetic set (see output.py)
 

@@ -12,7 +12,6 @@ import dataclasses
 from collections.abc import Callable
 
 from mrisynth.cliutil import add_config_args, config_from_args
-from mrisynth.config import preset_dict
 from mrisynth.errors import UserError
 from mrisynth.generate import backend_module, read_generator_info
 
@@ -45,10 +44,9 @@ def register(subparsers: argparse._SubParsersAction, *, build_validation: Callab
 
 def _train(args: argparse.Namespace) -> int:
     backend = backend_module(args.backend)
-    base = preset_dict(backend.TRAIN_PRESETS, args.preset, f"{args.backend} training")
     if args.model is not None and args.backend != "sd":
         raise UserError("--model applies to --backend sd only")
-    cfg = config_from_args(backend.TrainConfig, args, base=base)
+    cfg = config_from_args(backend.TrainConfig, args)
     if args.model is not None:  # an explicit flag wins over the preset and --config
         cfg = dataclasses.replace(cfg, model=args.model)
     validate = None
@@ -64,7 +62,6 @@ def _train(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     info = read_generator_info(args.generator)
     backend = backend_module(info["backend"])
-    base = preset_dict(backend.SAMPLE_PRESETS, args.preset, f"{info['backend']} sampling")
     if args.n_per_class < 1:
         raise UserError("--n-per-class must be at least 1")
     explicit: dict = {"n_per_class": args.n_per_class}
@@ -73,7 +70,7 @@ def _sample(args: argparse.Namespace) -> int:
             raise UserError("--mode applies to SD generators only")
         explicit["mode"] = args.mode
     # Explicit flags win over the preset and --config (and are checked again by the backend's sampler).
-    cfg = dataclasses.replace(config_from_args(backend.SampleConfig, args, base=base), **explicit)
+    cfg = dataclasses.replace(config_from_args(backend.SampleConfig, args), **explicit)
     out = backend.run_sample(args.generator, cfg, out_dir=args.out)
     print(f"synthetic set written to {out}")
     return 0

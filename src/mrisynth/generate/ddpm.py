@@ -1,23 +1,23 @@
 """Class-conditional pixel diffusion trained from scratch: needs no downloaded weights and trains on a CPU.
 
-The backend contract (see `mrisynth.generate`): TrainConfig, SampleConfig, TRAIN_PRESETS, SAMPLE_PRESETS,
+The backend contract (see `mrisynth.generate`): TrainConfig, SampleConfig,
 run_train(cfg, *, data_dir, out_dir), run_sample(gen_dir, cfg, *, out_dir). The pieces live in
 
-    ddpm_config.py  settings and presets        ddpm_model.py   UNet, noise schedule, EMA, denoising loop
+    ddpm_config.py  settings                    ddpm_model.py   UNet, noise schedule, EMA, denoising loop
     ddpm_train.py   training + checkpoints      ddpm_sample.py  synthetic-set writing
 
-    from mrisynth.config import from_dict
+    from mrisynth.config import load_config
     from mrisynth.generate import ddpm
-    ddpm.run_train(from_dict(ddpm.TrainConfig, ddpm.TRAIN_PRESETS["demo"]), data_dir="run/data", out_dir="run/gen")
+    ddpm.run_train(load_config(ddpm.TrainConfig, preset="demo"), data_dir="run/data", out_dir="run/gen")
     ddpm.run_sample("run/gen", ddpm.SampleConfig(n_per_class=500), out_dir="run/synthetic")
 """
 
-from mrisynth.generate.ddpm_config import SAMPLE_PRESETS, TRAIN_PRESETS, SampleConfig, TrainConfig
+from mrisynth.generate.ddpm_config import SampleConfig, TrainConfig
 from mrisynth.generate.ddpm_model import build_noise_scheduler, build_sampler, build_unet, denoise
 from mrisynth.generate.ddpm_sample import generate, image_seed, load_unet, run_sample
 from mrisynth.generate.ddpm_train import run_train
 
 __all__ = [
-    "SAMPLE_PRESETS", "TRAIN_PRESETS", "SampleConfig", "TrainConfig", "build_noise_scheduler", "build_sampler",
+    "SampleConfig", "TrainConfig", "build_noise_scheduler", "build_sampler",
     "build_unet", "denoise", "generate", "image_seed", "load_unet", "run_sample", "run_train",
 ]

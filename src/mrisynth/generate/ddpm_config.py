@@ -1,4 +1,5 @@
-"""Settings of the from-scratch DDPM backend: dataclasses with the defaults, presets as dicts of differences."""
+"""Settings of the from-scratch DDPM backend: dataclasses with the defaults; presets are YAML files of differences in
+mrisynth/configs/ddpm-train/ (tiny, demo, full) and mrisynth/configs/ddpm-sample/ (fast, quality)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class TrainConfig:
     grid_every: int = 500  # a PNG grid (one row per class) from the EMA model; 0 = only at the end
     grid_per_class: int = 8
     grid_steps: int = 20  # steps of the grid's sampler (the sampling recipe's scheduler and guidance)
-    # The sampling recipe grids and validation draw with: a SAMPLE_PRESETS name, "" = SampleConfig's defaults.
+    # The sampling recipe grids and validation draw with: a shipped ddpm-sample preset, "" = SampleConfig's defaults.
     sample_preset: str = ""
     # Validation while training (needs a validation function; the CLI and the study pass one): every val_every
     # steps draw val_per_class images per class with the recipe and log val_* metrics; keep_best ("", val_fd,
@@ -80,36 +81,3 @@ class SampleConfig:
     batch_size: int = 64
     seed: int = 0  # each image gets its own seed derived from (seed, class, index)
     device: Device = "auto"
-
-
-TRAIN_PRESETS: dict[str, dict] = {
-    # Unit tests: a few steps of a toy UNet on 16 px images.
-    "tiny": {
-        "image_size": 16, "channels": [8, 16], "steps": 6, "batch_size": 4, "warmup_steps": 2,
-        "log_every": 1, "checkpoint_every": 3, "grid_every": 0, "grid_per_class": 2, "grid_steps": 2,
-    },
-    # `mrisynth demo` on 2 CPU cores: 64 px, about 3 minutes of training.
-    "demo": {
-        "image_size": 64, "patch": 2, "channels": [16, 32, 64], "steps": 1000, "batch_size": 16, "lr": 1e-3,
-        "warmup_steps": 20, "ema_decay": 0.99, "checkpoint_every": 100, "grid_every": 200, "grid_steps": 10,
-    },
-    # A GPU: 128 px (raise image_size to 256 for the full resolution).
-    "full": {
-        "image_size": 128, "channels": [64, 128, 256, 256], "layers_per_block": 2, "attention": True,
-        "steps": 30000, "batch_size": 64, "lr": 1e-4, "warmup_steps": 500, "ema_decay": 0.9995,
-        "checkpoint_every": 1000, "grid_every": 2500, "compile": True,
-    },
-}
-
-SAMPLE_PRESETS: dict[str, dict] = {
-    "fast": {"sampler": "dpm++", "steps": 10},
-    "quality": {"sampler": "ddim", "steps": 50},
-}
-
-
-
-def sample_recipe(preset: str) -> SampleConfig:
-    """The SampleConfig of a SAMPLE_PRESETS name ("" = the defaults): the recipe training previews draw with."""
-    from mrisynth.config import from_dict, preset_dict
-
-    return from_dict(SampleConfig, preset_dict(SAMPLE_PRESETS, preset or None, "ddpm sampling"))

@@ -42,7 +42,7 @@ from mrisynth.files import (
     write_json,
 )
 from mrisynth.generate import GENERATOR_JSON
-from mrisynth.generate.ddpm_config import SampleConfig, TrainConfig, sample_recipe
+from mrisynth.generate.ddpm_config import SampleConfig, TrainConfig
 from mrisynth.generate.ddpm_model import (
     autocast,
     build_noise_scheduler,
@@ -62,6 +62,7 @@ from mrisynth.generate.recipe import (
     check_guidance,
     min_snr_weights,
     offset_noise,
+    sample_recipe,
     training_set_fingerprint,
     uses_guidance,
     weighted_mse,
@@ -181,7 +182,7 @@ def _check(cfg: TrainConfig) -> None:
         raise UserError(f"p_uncond must be in [0, 1); got {cfg.p_uncond}")
     if cfg.snr_gamma < 0 or cfg.noise_offset < 0:
         raise UserError(f"snr_gamma and noise_offset must be 0 (off) or more; got {cfg.snr_gamma}, {cfg.noise_offset}")
-    recipe = sample_recipe(cfg.sample_preset)  # the recipe grids and validation draw with
+    recipe = sample_recipe(SampleConfig, cfg.sample_preset)  # the recipe grids and validation draw with
     check_guidance(recipe.guidance)
     if cfg.p_uncond == 0.0 and uses_guidance(recipe.guidance):
         raise UserError(f"guidance {recipe.guidance} needs an unconditional model: p_uncond is 0, so nothing trains "
@@ -260,7 +261,7 @@ def save_training_grid(ema: UNet2DModel, noise_scheduler: DDPMScheduler, cfg: Tr
     per = cfg.grid_per_class
     labels = np.repeat(np.arange(n_classes), per)
     seeds = [derive_seed("ddpm-grid", i) for i in range(per)] * n_classes
-    images = draw_images(ema, noise_scheduler, sample_recipe(cfg.sample_preset), labels, seeds,
+    images = draw_images(ema, noise_scheduler, sample_recipe(SampleConfig, cfg.sample_preset), labels, seeds,
                          size=cfg.image_size, steps=cfg.grid_steps)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -271,7 +272,7 @@ def validate_step(state: TrainState, noise_scheduler: DDPMScheduler, cfg: TrainC
                   validate: ValidationFn, best: BestKeeper, metrics: Path) -> None:
     """Score a class-balanced draw of the EMA model with the sampling recipe; keep the best EMA weights."""
     labels, seeds = validation_draw(n_classes, cfg.val_per_class)
-    images = draw_images(state.ema, noise_scheduler, sample_recipe(cfg.sample_preset), labels, seeds,
+    images = draw_images(state.ema, noise_scheduler, sample_recipe(SampleConfig, cfg.sample_preset), labels, seeds,
                          size=cfg.image_size)
     record = validation_record(state.step, images, labels, validate)
     append_jsonl(metrics, record)

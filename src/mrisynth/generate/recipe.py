@@ -6,6 +6,7 @@
     offset_noise       noise with a per-image, per-channel constant added (helps all-black backgrounds)
     per_class_counts   how many images of each class a sampler is asked for
     training_set_fingerprint   what a run learned from, so a resume on another split is refused
+    sample_recipe      the SampleConfig of a shipped sampling preset, which previews and validation draw with
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from mrisynth.config import load_config
 from mrisynth.errors import UserError
 from mrisynth.files import sha256_array
 
@@ -98,3 +100,9 @@ def training_set_fingerprint(ids: Sequence[str], labels: Sequence[int], images: 
     h = hashlib.sha256(json.dumps([list(map(str, ids)), [int(x) for x in labels]]).encode())
     h.update(sha256_array(images).encode())
     return h.hexdigest()[:16]
+
+
+def sample_recipe(sample_config: type, preset: str) -> object:
+    """The backend's SampleConfig of a shipped sampling preset ("" = its defaults): the recipe that training
+    previews and validation draw with, so they show what the real sampling run will give."""
+    return load_config(sample_config, preset=preset or None)

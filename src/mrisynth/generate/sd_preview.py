@@ -18,7 +18,8 @@ import torch
 from mrisynth import checkpoint
 from mrisynth.data.images import save_grayscale_png
 from mrisynth.files import append_jsonl, atomic_path, ensure_writable_dir
-from mrisynth.generate.sd import TrainConfig, sample_recipe
+from mrisynth.generate.recipe import sample_recipe
+from mrisynth.generate.sd_config import SampleConfig, TrainConfig
 from mrisynth.generate.sd_load import load_vae
 from mrisynth.generate.sd_sample import build_sampler
 from mrisynth.generate.validation import BestKeeper, ValidationFn, validation_draw, validation_record
@@ -52,7 +53,7 @@ class Previews:
 
     def __init__(self, cfg: TrainConfig, model_dir: Path, embeds: torch.Tensor, device: torch.device) -> None:
         self.cfg, self.model_dir, self.embeds = cfg, model_dir, embeds
-        self.recipe = sample_recipe(cfg.sample_preset)
+        self.recipe = sample_recipe(SampleConfig, cfg.sample_preset)
         self.vae = load_vae(model_dir).to(device) if (cfg.sample_every or cfg.val_every) else None
 
     def due(self, done: int) -> bool:

@@ -29,7 +29,7 @@ from mrisynth.generate import read_generator_info
 from mrisynth.generate.output import SyntheticWriter, synthetic_id
 from mrisynth.generate.recipe import check_guidance, per_class_counts, uses_guidance
 from mrisynth.generate.resume import check_resume_settings
-from mrisynth.generate.sd import SAMPLE_PRESETS, SampleConfig
+from mrisynth.generate.sd_config import SampleConfig
 from mrisynth.generate.sd_latents import (
     class_prompts,
     decode_latents,
@@ -188,13 +188,13 @@ def check_sample_config(cfg: SampleConfig) -> None:
 
 
 def warn_if_few_steps(info: dict, steps: int) -> None:
-    """Warn loudly when a fine-tuned generator is sampled in 1-4 steps (see SAMPLE_PRESETS for why)."""
+    """Warn loudly when a fine-tuned generator is sampled in 1-4 steps (see sd_config.py for why)."""
     if steps <= _FEW_STEPS and int(info.get("steps", 1)) > 0:
         log.warning(
             "sampling a fine-tuned SD generator in %d step(s): after a plain denoising fine-tune, 1-4 step samples "
             "are blurred averages of training images, not new ones; use the default multi-step recipe "
             "(--preset finetuned: %d steps) unless this model was re-distilled for few-step sampling",
-            steps, SAMPLE_PRESETS["finetuned"]["steps"],
+            steps, SampleConfig().steps,
         )
 
 

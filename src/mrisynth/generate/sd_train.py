@@ -40,11 +40,12 @@ from mrisynth.generate.recipe import (
     ema_decay_at,
     min_snr_weights,
     offset_noise,
+    sample_recipe,
     training_set_fingerprint,
     weighted_mse,
 )
 from mrisynth.generate.resume import check_resume_settings, drop_records_after
-from mrisynth.generate.sd import TrainConfig, sample_recipe
+from mrisynth.generate.sd_config import SampleConfig, TrainConfig
 from mrisynth.generate.sd_latents import class_prompts, load_or_build_train_latents
 from mrisynth.generate.sd_load import (
     add_lora,
@@ -179,7 +180,7 @@ def _check(cfg: TrainConfig) -> None:
         raise UserError(f"caption_dropout must be in [0, 1); got {cfg.caption_dropout}")
     if cfg.snr_gamma < 0 or cfg.noise_offset < 0:
         raise UserError(f"snr_gamma and noise_offset must be 0 (off) or more; got {cfg.snr_gamma}, {cfg.noise_offset}")
-    check_sample_config(sample_recipe(cfg.sample_preset))  # the recipe grids and validation will draw with
+    check_sample_config(sample_recipe(SampleConfig, cfg.sample_preset))  # the recipe grids and validation will draw with
 
 
 def _build_unet(model_dir: Path, cfg: TrainConfig, device: torch.device) -> UNet2DConditionModel:

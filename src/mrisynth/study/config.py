@@ -19,7 +19,7 @@ from mrisynth.config import from_dict, merge_dicts, to_dict
 from mrisynth.data.phantom import PhantomConfig
 from mrisynth.data.prepare import PrepareConfig
 from mrisynth.errors import UserError
-from mrisynth.generate import ddpm_config, sd
+from mrisynth.generate import ddpm_config, sd_config
 from mrisynth.quality.audit import AuditConfig
 from mrisynth.study.names import BASELINE, CONTROLS
 
@@ -27,7 +27,7 @@ PHANTOM = "phantom"
 # The backends' settings classes, by `generator.backend` (the modules holding them import nothing heavy).
 GENERATOR_CONFIGS: dict[str, tuple[type, type]] = {
     "ddpm": (ddpm_config.TrainConfig, ddpm_config.SampleConfig),
-    "sd": (sd.TrainConfig, sd.SampleConfig),
+    "sd": (sd_config.TrainConfig, sd_config.SampleConfig),
 }
 GET_DATA_HINT = ("get the Figshare data with `mrisynth data download figshare --out raw`, then add "
                  "--set data.source=raw/mat (your own copy: its folder; a folder `data prepare` wrote: "

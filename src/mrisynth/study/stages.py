@@ -111,10 +111,22 @@ def train_generator(cfg: StudyConfig, run: Path, arm: Arm) -> Path:
             from mrisynth.generate import backend_module
 
             log.info("training the %s generator on %s", cfg.generator.backend, arm.data_dir)
-            backend_module(cfg.generator.backend).run_train(cfg.generator.train, data_dir=arm.data_dir,
-                                                            out_dir=gen_dir)
+            train = cfg.generator.train
+            validate = None
+            if train.val_every:  # scored against the arm's real validation slices (quality/generator_validation)
+                from mrisynth.quality.generator_validation import build_generator_validation
+
+                validate = build_generator_validation(arm.data_dir, image_size=_generator_size(train),
+                                                      fit=getattr(train, "fit", "resize"), seed=train.seed)
+            backend_module(cfg.generator.backend).run_train(train, data_dir=arm.data_dir, out_dir=gen_dir,
+                                                            validate=validate)
             write_json(gen_dir / STAGE_DONE, {"fold": arm.fold, "fraction": arm.fraction, "finished": time.time()})
     return gen_dir
+
+
+def _generator_size(train: object) -> int:
+    """The training resolution of either backend's TrainConfig (DDPM: image_size, SD: size)."""
+    return int(getattr(train, "image_size", None) or train.size)
 
 
 def generate_pool(cfg: StudyConfig, run: Path, arm: Arm, gen_dir: Path) -> Path:
