@@ -143,9 +143,13 @@ def test_classifier_trial_killed_then_rerun_gives_identical_result(tiny_manifest
 
 def test_corrupted_checkpoint_is_a_clear_error_not_silently_reused(tiny_manifest_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "last.pt").write_bytes(b"PK\x03\x04 truncated")
-    code = main(["classifier", "train", "--data", str(tiny_manifest_dir), "--preset", "tiny", "--out", str(out)])
+    argv = ["classifier", "train", "--data", str(tiny_manifest_dir), "--preset", "tiny", "--set", "epochs=1",
+            "--out", str(out)]
+    assert main(argv) == 0
+    (out / "result.json").unlink()  # as if the run had been killed before finishing ...
+    (out / "last.pt").write_bytes(b"PK\x03\x04 truncated")  # ... while its checkpoint was being copied elsewhere
+    capsys.readouterr()
+    code = main(argv)
     err = error_lines(capsys.readouterr().err)
     assert code == 2 and len(err) == 1 and "corrupted" in err[0] and "last.pt" in err[0]
     assert not (out / "result.json").exists()

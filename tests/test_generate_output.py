@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mrisynth.config import save_config
 from mrisynth.data.manifest import load_manifest
 from mrisynth.errors import UserError
 from mrisynth.files import append_jsonl, read_jsonl
 from mrisynth.generate.output import SyntheticWriter, synthetic_id
-from mrisynth.generate.resume import check_resume_settings, drop_records_after
+from mrisynth.generate.resume import drop_records_after
+from mrisynth.runfolder import check_same_run, start_run
 
 
 def _add(writer: SyntheticWriter, i: int) -> None:
@@ -57,19 +57,20 @@ class _Settings:
     classes: list[str] = dataclasses.field(default_factory=lambda: ["a", "b"])
 
 
-def test_resume_settings_are_checked_against_the_saved_config(tmp_path):
-    saved = tmp_path / "config.yaml"
-    check_resume_settings(saved, _Settings(), may_change=("batch_size",))  # a fresh folder: nothing to compare
-    save_config(_Settings(), saved)
-    check_resume_settings(saved, _Settings(), may_change=())
-    check_resume_settings(saved, _Settings(batch_size=1), may_change=("batch_size",))  # how work is cut up
-    with pytest.raises(UserError, match=r"steps=2, not 3"):
-        check_resume_settings(saved, _Settings(steps=3), may_change=("batch_size",))
+def test_a_rerun_must_use_the_settings_of_the_run_its_folder_holds(tmp_path):
+    assert check_same_run(tmp_path, _Settings(), resumable=("batch_size",)) == []  # a fresh folder
+    start_run(tmp_path, _Settings())
+    assert check_same_run(tmp_path, _Settings()) == []
+    assert check_same_run(tmp_path, _Settings(batch_size=1), resumable=("batch_size",)) == ["batch_size"]
+    with pytest.raises(UserError, match=r"steps: 2 then, 3 now"):
+        check_same_run(tmp_path, _Settings(steps=3), resumable=("batch_size",))
     with pytest.raises(UserError, match="classes"):
-        check_resume_settings(saved, _Settings(classes=["a"]), may_change=("batch_size",))
-    saved.write_text("steps: [unclosed\n")
+        start_run(tmp_path, _Settings(classes=["a"]), resumable=("batch_size",))
+    start_run(tmp_path, _Settings(batch_size=1), resumable=("batch_size",))  # config.yaml records the new value
+    assert "batch_size: 1" in (tmp_path / "config.yaml").read_text()
+    (tmp_path / "config.yaml").write_text("steps: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
-        check_resume_settings(saved, _Settings(), may_change=())
+        check_same_run(tmp_path, _Settings())
 
 
 def test_drop_records_after_keeps_earlier_steps_and_skips_a_torn_line(tmp_path):

@@ -97,7 +97,7 @@ def test_resume_refuses_other_settings_and_keeps_the_saved_config(tiny_model, ti
     gen = tmp_path / "gen"
     run_train(tiny_cfg(tiny_model, steps=1), data_dir=tiny_manifest_dir, out_dir=gen)
     config = (gen / "config.yaml").read_text()
-    with pytest.raises(UserError, match="lr=0.001, not 0.5"):
+    with pytest.raises(UserError, match="lr: 0.001 then, 0.5 now"):
         run_train(tiny_cfg(tiny_model, steps=2, lr=0.5), data_dir=tiny_manifest_dir, out_dir=gen)
     assert (gen / "config.yaml").read_text() == config  # checked before anything was written
     # The checkpoint's fingerprint still guards what config.yaml does not hold (the data folder).

@@ -32,18 +32,17 @@ from mrisynth.classify.data import DeviceSet, PreparedData, TrainData, epoch_ord
 from mrisynth.classify.metrics import classification_metrics
 from mrisynth.classify.models import build_classifier
 from mrisynth.classify.optim import EarlyStopping, build_optimizer, build_scheduler
-from mrisynth.config import read_yaml_mapping, save_config, to_dict
 from mrisynth.devices import resolve_device
 from mrisynth.distributed import SINGLE_PROCESS, DistContext, init_distributed, main_process_first
 from mrisynth.errors import UserError
 from mrisynth.files import append_jsonl, ensure_writable_dir, read_json, write_json, write_text
+from mrisynth.runfolder import CONFIG_NAME, check_same_run, start_run
 from mrisynth.seeding import derive_seed, seed_everything
 
 log = logging.getLogger(__name__)
 
 RESULT_NAME = "result.json"
 METRICS_NAME = "metrics.jsonl"
-CONFIG_NAME = "config.yaml"
 PREDICTIONS_NAME = "predictions.csv"
 
 
@@ -366,19 +365,15 @@ def _write_predictions(path: Path, rows: list[tuple[str, DeviceSet, np.ndarray]]
 
 
 def _save_or_check_config(run: RunConfig, out_dir: Path) -> None:
-    """Write config.yaml; refuse to resume a folder whose run had other settings."""
-    path = out_dir / CONFIG_NAME
-    if path.is_file() and (out_dir / LAST_NAME).is_file():
+    """Write config.yaml; refuse to resume a folder whose run had other settings (mrisynth.runfolder)."""
+    if (out_dir / LAST_NAME).is_file():
         _check_same_config(run, out_dir)
-        return
-    save_config(run, path)
+    start_run(out_dir, run)
 
 
 def _check_same_config(run: RunConfig, out_dir: Path) -> None:
     """A UserError naming `out_dir` when its config.yaml holds other settings than `run` (or is missing)."""
-    path = out_dir / CONFIG_NAME
-    if not path.is_file():
+    if not (out_dir / CONFIG_NAME).is_file():
         raise UserError(f"{out_dir} holds a run without {CONFIG_NAME}, so its settings are unknown; "
                         "use a new --out folder or delete it")
-    if read_yaml_mapping(path) != to_dict(run):
-        raise UserError(f"{out_dir} holds a run with other settings; use a new --out folder or delete it")
+    check_same_run(out_dir, run)

@@ -26,7 +26,7 @@ from mrisynth.generate.ddpm_model import (
 )
 from mrisynth.generate.output import SyntheticWriter, claim_synthetic_dir, synthetic_id
 from mrisynth.generate.recipe import check_guidance, per_class_counts
-from mrisynth.generate.resume import check_resume_settings
+from mrisynth.runfolder import check_same_run
 from mrisynth.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def run_sample(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | 
     scheduler_config = DDPMScheduler.load_config(Path(gen_dir) / "scheduler", local_files_only=True)
 
     out = Path(out_dir)
-    check_resume_settings(out / "config.yaml", cfg, may_change=_MAY_CHANGE)
+    check_same_run(out, cfg, resumable=_MAY_CHANGE)
     with claim_synthetic_dir(out), SyntheticWriter(out, classes, generator_sha256=checksum) as writer:
         save_config(cfg, out / "config.yaml")
         done = writer.existing_ids()

@@ -67,7 +67,7 @@ from mrisynth.generate.recipe import (
     uses_guidance,
     weighted_mse,
 )
-from mrisynth.generate.resume import check_resume_settings, drop_records_after
+from mrisynth.generate.resume import drop_records_after
 from mrisynth.generate.validation import (
     BestKeeper,
     ValidationFn,
@@ -75,6 +75,7 @@ from mrisynth.generate.validation import (
     validation_draw,
     validation_record,
 )
+from mrisynth.runfolder import check_same_run
 from mrisynth.seeding import derive_seed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -309,7 +310,7 @@ def _train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.P
            validate: ValidationFn | None) -> Path:
     out = ensure_writable_dir(out_dir)
     data_dir = str(Path(data_dir).resolve())
-    check_resume_settings(out / "config.yaml", cfg, may_change=_MAY_CHANGE)
+    check_same_run(out, cfg, resumable=_MAY_CHANGE)
     device = resolve_device(cfg.device)
     dist = init_distributed(backend_device=device.type)  # a world of one unless started by a launcher
     device = dist.device(device)

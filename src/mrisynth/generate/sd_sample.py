@@ -28,7 +28,6 @@ from mrisynth.errors import UserError
 from mrisynth.generate import read_generator_info
 from mrisynth.generate.output import SyntheticWriter, synthetic_id
 from mrisynth.generate.recipe import check_guidance, per_class_counts, uses_guidance
-from mrisynth.generate.resume import check_resume_settings
 from mrisynth.generate.sd_config import SampleConfig
 from mrisynth.generate.sd_latents import (
     class_prompts,
@@ -45,6 +44,7 @@ from mrisynth.generate.sd_load import (
     load_vae,
     verified_checksum,
 )
+from mrisynth.runfolder import check_same_run
 from mrisynth.seeding import derive_seed
 
 if TYPE_CHECKING:  # annotations only: importing diffusers costs seconds
@@ -161,7 +161,7 @@ def sample_sd(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | o
     classes = list(info["classes"])
     wanted = per_class_counts(classes, n_per_class=cfg.n_per_class, counts=cfg.counts)
     # Before anything is written: a resumed set must not mix settings (and its config.yaml must stay true).
-    check_resume_settings(Path(out_dir) / "config.yaml", cfg, may_change=_MAY_CHANGE)
+    check_same_run(out_dir, cfg, resumable=_MAY_CHANGE)
     warn_if_few_steps(info, executed_steps(cfg.steps, cfg.strength if cfg.mode == "img2img" else None))
     checksum = verified_checksum(gen_dir, info)  # weights changed since training are refused here
     with SyntheticWriter(out_dir, classes, generator_sha256=checksum) as writer:

@@ -44,7 +44,7 @@ from mrisynth.generate.recipe import (
     training_set_fingerprint,
     weighted_mse,
 )
-from mrisynth.generate.resume import check_resume_settings, drop_records_after
+from mrisynth.generate.resume import drop_records_after
 from mrisynth.generate.sd_config import SampleConfig, TrainConfig
 from mrisynth.generate.sd_latents import class_prompts, load_or_build_train_latents
 from mrisynth.generate.sd_load import (
@@ -63,6 +63,7 @@ from mrisynth.generate.validation import (
     ValidationFn,
     check_validation_settings,
 )
+from mrisynth.runfolder import check_same_run
 from mrisynth.seeding import derive_seed, seed_everything
 
 if TYPE_CHECKING:  # annotations only: importing diffusers costs seconds
@@ -85,7 +86,7 @@ def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
     check_validation_settings(val_every=cfg.val_every, val_per_class=cfg.val_per_class, keep_best=cfg.keep_best,
                               validate=validate)
     # Before anything is written (config, latent cache): refuse to continue a run of other settings.
-    check_resume_settings(Path(out_dir) / "config.yaml", cfg, may_change=_RESUMABLE_CHANGES)
+    check_same_run(out_dir, cfg, resumable=_RESUMABLE_CHANGES)
     out = ensure_writable_dir(out_dir)
     data_dir = Path(data_dir).resolve()
     device = resolve_device(cfg.device)

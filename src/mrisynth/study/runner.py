@@ -24,9 +24,9 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from mrisynth.config import check_resumable, save_config, to_dict
 from mrisynth.errors import UserError
 from mrisynth.files import ensure_writable_dir, read_json, write_json
+from mrisynth.runfolder import start_run
 from mrisynth.study import conditions as cond
 from mrisynth.study.config import RESUMABLE_SETTINGS, StudyConfig
 from mrisynth.study.names import RATIO
@@ -60,7 +60,7 @@ def run_study(
     index, count = shard
     if not (count >= 1 and 0 <= index < count):
         raise UserError(f"--shard {index}/{count} is invalid: use i/n with 0 <= i < n, e.g. 0/4")
-    _check_or_save_config(cfg, run)
+    start_run(run, cfg, resumable=RESUMABLE_SETTINGS)  # a run folder belongs to one config
     timings: dict[str, float] = {}
 
     with _timed(timings, "data"):
@@ -145,20 +145,6 @@ def trial_status(run: str | os.PathLike) -> dict[str, str]:
 
 
 # ---- helpers --------------------------------------------------------------------------------------------------
-
-
-def _check_or_save_config(cfg: StudyConfig, run: Path) -> None:
-    """A run directory belongs to one config: resuming with another would mix incomparable trials.
-
-    Only the settings in RESUMABLE_SETTINGS may change on resume; config.yaml then holds the new values.
-    """
-    path = run / "config.yaml"
-    if path.is_file():
-        saved = to_dict(load_run_config(run))
-        if check_resumable(saved, to_dict(cfg), resumable=RESUMABLE_SETTINGS, where=str(run)):
-            save_config(cfg, path)
-        return
-    save_config(cfg, path)
 
 
 class _timed:
