@@ -59,11 +59,11 @@ def test_sites_are_named_case_insensitively_and_unknown_ones_refused():
 def test_cli_writes_a_site_b_phantom_and_refuses_an_unknown_site(tmp_path, capsys):
     out = tmp_path / "b"
     assert main(["-q", "data", "phantom", "--out", str(out), "--patients", "3", "--slices-per-patient", "1",
-                 "--size", "32", "--set", "site=B"]) == 0
+                 "--size", "32", "--site", "B"]) == 0
     assert read_yaml_mapping(out / "config.yaml")["site"] == "B"
     assert len(list((out / "images").rglob("*.png"))) == 3
     capsys.readouterr()
-    assert main(["-q", "data", "phantom", "--out", str(tmp_path / "c"), "--set", "site=C"]) == 2
+    assert main(["-q", "data", "phantom", "--out", str(tmp_path / "c"), "--site", "C"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "site 'C' is not known" in err
     assert not (tmp_path / "c").exists()

@@ -113,6 +113,8 @@ def test_presets_resolve_to_every_steps_own_config(preset):
         assert len(cfg.seeds) == 5 and len(cfg.controls) == 4 and clf.optimizer == "adamw"
         assert (sample.steps, sample.guidance, clf.normalize) == (30, 2.0, "zscore")  # multi-step after a fine-tune
     if preset == "demo":
-        assert (clf.model, clf.epochs, cfg.generator.backend, cfg.generator.train.steps) == ("tiny", 6, "ddpm", 1000)
+        # the reference study's eight conditions, three seeds (issue 19)
+        assert cfg.ratios == [0, 0.25, 0.5, 1, 2, 3, 4, 5] and cfg.seeds == [0, 1, 2]
+        assert (clf.model, cfg.generator.backend) == ("tiny", "ddpm")
     augmented = classifier_for_trial(cfg, seed=0, extra=cfg.augment_only_classifier)
     assert augmented.augment.rotation_deg == 30.0

@@ -55,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     phantom.add_argument("--size", type=int, default=None, help="image size in pixels (default 256)")
     phantom.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     phantom.add_argument("--difficulty", type=float, default=None, help="0 = obvious .. 1 = hard (default 0.5)")
+    phantom.add_argument("--site", default=None,
+                         help="scanner: A (default) or B, another hospital's, for an external test set")
     add_config_args(phantom)
     phantom.set_defaults(func=_phantom)
 
@@ -119,7 +121,7 @@ def _phantom(args: argparse.Namespace) -> int:
     from mrisynth.data.phantom import PhantomConfig, run_phantom
 
     flags = {"patients": args.patients, "slices_per_patient": args.slices_per_patient, "size": args.size,
-             "seed": args.seed, "difficulty": args.difficulty}
+             "seed": args.seed, "difficulty": args.difficulty, "site": args.site}
     cfg = config_from_args(PhantomConfig, args)
     # Explicit flags win over --config / --set.
     cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})

@@ -1,6 +1,6 @@
 """Phantom scanner sites: the same anatomy and labels as seen by another scanner, for external-test experiments.
 
-    PhantomConfig(site="B")          (CLI: mrisynth data phantom --set site=B --out DIR)
+    PhantomConfig(site="B")          (CLI: mrisynth data phantom --site B --out DIR)
 
 Site A is the phantom as it always was (its output is byte-identical to a phantom without sites). Site B is
 another hospital's scanner: a larger field of view (smaller head), a lower acquired resolution, a stronger bias
