@@ -28,7 +28,7 @@ def test_a_real_data_folder_is_refused_as_a_synthetic_set(tiny_manifest_dir, tmp
     code = main(["classifier", "train", "--data", str(tiny_manifest_dir), "--synthetic", str(tiny_manifest_dir),
                  "--preset", "tiny", "--out", str(tmp_path / "clf")])
     err = [line for line in _errors(capsys.readouterr().err) if line.startswith("mrisynth:")]
-    assert code == 2 and len(err) == 1 and "not a synthetic set" in err[0]
+    assert code == 2 and len(err) == 1 and "is not synthetic data" in err[0]
 
 
 def test_output_into_a_closed_pipe_is_not_a_traceback(tiny_manifest_dir, monkeypatch):

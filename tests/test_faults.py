@@ -243,6 +243,22 @@ CASES = [
     Case("audit --out a user's folder", 2,
          lambda c, ph, mp: ["data", "audit", str(_prepared(c, ph)), "--out", str(_user_folder(c, "a.txt"))],
          "is not a leakage-audit folder"),
+    Case("generator train --data a synthetic set", 10,
+         lambda c, ph, mp: ["generator", "train", "--data", str(_synthetic_set(c, ph, marked=True)), "--preset",
+                            "tiny", "--out", str(c / "gen")], "is not real data: 36 of 36 rows are 'synthetic'"),
+    Case("audit --synthetic a real data folder", 10,
+         lambda c, ph, mp: ["audit", "--real", str(_prepared(c, ph)), "--synthetic", str(c / "d1"), "--out",
+                            str(c / "audit")], "is not synthetic data: 36 of 36 rows are 'real'"),
+    Case("generator train with num_train_timesteps=0", 19,
+         lambda c, ph, mp: ["generator", "train", "--data", str(_prepared(c, ph)), "--preset", "tiny", "--set",
+                            "num_train_timesteps=0", "--out", str(c / "gen")],
+         "num_train_timesteps must be at least 2, got 0"),
+    Case("generator train with layers_per_block=0", 19,
+         lambda c, ph, mp: ["generator", "train", "--data", str(_prepared(c, ph)), "--preset", "tiny", "--set",
+                            "layers_per_block=0", "--out", str(c / "gen")], "layers_per_block must be at least 1"),
+    Case("generator train with an image_size the UNet cannot halve", 19,
+         lambda c, ph, mp: ["generator", "train", "--data", str(_prepared(c, ph)), "--preset", "tiny", "--set",
+                            "image_size=100000", "--out", str(c / "gen")], "image_size 100000 must be in 16..256"),
 ]
 
 

@@ -308,3 +308,22 @@ def test_a_damaged_but_loadable_checkpoint_is_refused_on_resume(tiny_manifest_di
     save_file(tensors, weights)
     with pytest.raises(UserError, match="does not match the sha256 its checkpoint recorded"):
         ddpm.run_train(tiny_cfg(steps=6, checkpoint_every=3), data_dir=tiny_manifest_dir, out_dir=gen)
+
+
+def test_training_images_are_normalised_as_the_setting_says(two_tone_dir):
+    """percentile stretches each image's 0.5..99.5 percentiles to 0..255: a dark image (grey ~40 +- 8) comes out
+    spanning the full range, so the generator learns what the classifier will see, not the raw scanner grey."""
+    from mrisynth.generate.ddpm_train import load_training_data
+
+    raw = load_training_data(two_tone_dir, tiny_cfg(), device=torch.device("cpu"))
+    stretched = load_training_data(two_tone_dir, tiny_cfg(normalize="percentile"), device=torch.device("cpu"))
+    dark = raw.labels == 0
+    assert 30 < raw.images[dark].float().mean() < 50  # as stored
+    assert stretched.images[dark].amin() == 0 and stretched.images[dark].amax() == 255
+    assert 100 < stretched.images[dark].float().mean() < 155
+    assert stretched.fingerprint != raw.fingerprint  # resume refuses a run that learned the other intensities
+
+
+def test_an_unknown_normalisation_is_refused_when_the_config_is_made():
+    with pytest.raises(UserError, match="use none, percentile"):
+        tiny_cfg(normalize="minmax")

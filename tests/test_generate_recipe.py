@@ -118,14 +118,17 @@ def test_guidance_formula_is_uncond_plus_scale_times_difference():
         denoise(unet, sampler, torch.tensor([0]), torch.zeros(1, 1, 4, 4), steps=1, guidance=0.0)
 
 
-def test_label_dropout_replaces_the_configured_share_of_labels():
+def test_label_dropout_replaces_the_configured_share_of_labels(tmp_path):
+    unguided = tmp_path / "unguided.yaml"
+    unguided.write_text("guidance: 1.0\n")  # p_uncond 0 trains no unconditional model: only unguided sampling
     data = TrainingData(images=torch.zeros(10, 1, 4, 4, dtype=torch.uint8), labels=torch.zeros(10, dtype=torch.int64),
                         classes=["a", "b"])
     cfg = ddpm.TrainConfig(batch_size=2000, p_uncond=0.3)
     _, labels = draw_batch(data, cfg, rng=torch.Generator().manual_seed(0))
     share = (labels == 2).float().mean().item()  # 2 = the "no class" label of a 2-class model
     assert 0.27 < share < 0.33
-    _, labels = draw_batch(data, dataclasses.replace(cfg, p_uncond=0.0), rng=torch.Generator().manual_seed(0))
+    cfg = dataclasses.replace(cfg, p_uncond=0.0, sample_preset=str(unguided))
+    _, labels = draw_batch(data, cfg, rng=torch.Generator().manual_seed(0))
     assert (labels == 2).sum() == 0
 
 

@@ -64,8 +64,9 @@ def test_report_files_figures_and_tables(tiny_manifest_dir, tmp_path, fakes):
     assert verdicts["r0"] == "baseline"
     mdd = {c["name"]: c["comparison"].get("mdd") for c in summary["conditions"] if c.get("comparison")}
     assert mdd["r0.5"] > 1.0 and mdd["r1"] > 1.0  # more than 100 points: this study could not tell
-    assert verdicts["r0.5"] == f"no detectable difference (could detect ±{100 * mdd['r0.5']:.1f} pts)"
-    assert verdicts["r1"] == f"no detectable difference (could detect ±{100 * mdd['r1']:.1f} pts)"
+    for name in ("r0.5", "r1"):
+        assert verdicts[name] == (f"no detectable difference (could detect no possible difference: "
+                                  f"±{100 * mdd[name]:.0f} pts needed; add runs or test patients)")
     assert verdicts["r2"].startswith("not testable: every run and every test patient moved by the same amount")
     for word in (verdicts["r1"], "not testable", "only 3 patients"):
         assert word in page and word in md
@@ -138,3 +139,12 @@ def test_generator_validation_curves_appear_when_logged(tiny_manifest_dir, tmp_p
     assert caption in md
     name = next(line for line in md.splitlines() if caption in line).split("(")[-1].rstrip(")")
     assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_study_too_small_to_detect_anything_says_so():
+    from mrisynth.report.markdown import comparison_cells
+
+    comp = {"diff": 0.0, "lo": -0.43, "hi": 0.43, "p_holm": 1.0, "verdict": "no detectable difference"}
+    assert comparison_cells({**comp, "mdd": 0.298})[2] == "no detectable difference (could detect ±29.8 pts)"
+    assert comparison_cells({**comp, "mdd": 1.283})[2] == (
+        "no detectable difference (could detect no possible difference: ±128 pts needed; add runs or test patients)")

@@ -93,3 +93,14 @@ def test_resume_refuses_a_changed_setting_but_accepts_a_resumable_one(tiny_manif
     louder = load_config(StudyConfig, run / "config.yaml", overrides=["alpha=0.01", "classifier.device=cpu"])
     assert run_study(louder, run)["complete"]
     assert to_dict(load_config(StudyConfig, run / "config.yaml")) == to_dict(louder)  # config.yaml: what ran last
+
+
+def test_generator_and_classifier_normalisation_are_one_setting():
+    """Synthetic images must be drawn in the intensity space the classifier reads real ones in."""
+    with pytest.raises(UserError, match="generator.train.normalize is 'none' but classifier.normalize is 'zscore'"):
+        load_config(StudyConfig, "demo", overrides=["classifier.normalize=zscore"])
+    cfg = load_config(StudyConfig, "demo", overrides=["classifier.normalize=zscore",
+                                                      "generator.train.normalize=zscore"])
+    assert cfg.generator.train.normalize == cfg.classifier.normalize == "zscore"
+    rigorous = load_config(StudyConfig, "rigorous", overrides=["data.source=/data/figshare"])
+    assert rigorous.generator.train.normalize == rigorous.classifier.normalize == "zscore"

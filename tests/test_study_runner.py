@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import logging
 import types
 from pathlib import Path
 
@@ -206,9 +207,7 @@ def test_status_shows_pending_running_and_done(tiny_manifest_dir, tmp_path, fake
     run_study(cfg, run, shard=(0, 2))
     states = trial_status(run)
     assert states == {"r0-s0": "done", "r0.5-s0": "pending", "r1-s0": "done", "r2-s0": "pending"}
-    held = run / "trials" / "r0.5-s0"
-    held.mkdir(parents=True)
-    with FileLock(str(held / ".lock")):  # another job is training this trial
+    with FileLock(str(run / ".locks" / "trial-r0.5-s0.lock")):  # another job is training this trial
         assert trial_status(run)["r0.5-s0"] == "running"
         outcome = run_study(cfg, run, shard=(1, 2))
         assert outcome["skipped_running"] == ["r0.5-s0"] and not outcome["complete"]
@@ -237,3 +236,14 @@ def test_folds_test_every_image_once_and_train_generators_per_fold(tiny_manifest
         with open(run / "trials" / f"r0-s0-f{fold}" / "predictions.csv") as f:
             tested += [row["id"] for row in csv.DictReader(f) if row["split"] == "test"]
     assert sorted(tested) == sorted(all_ids)
+
+
+def test_a_fresh_study_marks_its_trial_folders_as_classifier_runs(tiny_manifest_dir, tmp_path, fakes, caplog):
+    """Each trial folder is claimed before the study writes trial.json into it, so a fresh run adopts nothing
+    ("adopting ... written by an earlier mrisynth" was logged for every trial)."""
+    from mrisynth.files import output_kind
+
+    caplog.set_level(logging.INFO, logger="mrisynth.files")
+    run_study(small_config(tiny_manifest_dir, seeds=[0]), tmp_path / "run")
+    assert not [r for r in caplog.records if "adopting" in r.getMessage()]
+    assert output_kind(tmp_path / "run" / "trials" / "r1-s0") == "classifier"

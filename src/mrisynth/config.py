@@ -298,3 +298,19 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
 def replace(cfg: T, **changes: Any) -> T:
     """`dataclasses.replace`, re-exported so callers need one import."""
     return dataclasses.replace(cfg, **changes)
+
+
+def check_at_least(cfg: Any, minimum: float, *keys: str) -> None:
+    """A one-line UserError naming the first of `keys` whose value in `cfg` is below `minimum` (for the size and
+    count settings' `__post_init__`, so a bad value is refused when the config is loaded, before any work)."""
+    for key in keys:
+        value = getattr(cfg, key)
+        if not value >= minimum:  # also refuses NaN
+            raise UserError(f"{key} must be at least {minimum}, got {value}")
+
+
+def check_within(cfg: Any, key: str, low: float, high: float, *, high_open: bool = False) -> None:
+    """A one-line UserError unless low <= cfg.key <= high (< high when `high_open`)."""
+    value = getattr(cfg, key)
+    if not (low <= value < high if high_open else low <= value <= high):
+        raise UserError(f"{key} must be in [{low}, {high}{')' if high_open else ']'}, got {value}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Literal
 
+from mrisynth.config import check_at_least
 from mrisynth.errors import UserError
 
 
@@ -70,9 +71,7 @@ class ClassifierConfig:
         """Range checks at load (a config file or --set), before any run folder is written."""
         from mrisynth.data.normalize import parse_normalization
 
-        for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps"):
-            if getattr(self, key) < 1:
-                raise UserError(f"{key} must be at least 1, got {getattr(self, key)}")
+        check_at_least(self, 1, "epochs", "batch_size", "eval_batch_size", "grad_accum_steps")
         if not 8 <= self.image_size <= 2048:
             raise UserError(f"image_size must be 8 to 2048 pixels, got {self.image_size}")
         if self.lr <= 0:

@@ -17,7 +17,7 @@ import torch
 
 from mrisynth.data.cache import ImageCache, load_cache
 from mrisynth.data.images import Fit
-from mrisynth.data.manifest import load_classes
+from mrisynth.data.manifest import load_classes, require_source
 from mrisynth.data.normalize import NONE, Normalization, normalize_images, parse_normalization
 from mrisynth.errors import UserError
 
@@ -70,6 +70,7 @@ def load_train_data(
     real_dir = Path(data.real_dir)
     classes = load_classes(real_dir)
     real = load_cache(real_dir, image_size, fit=fit)
+    require_source(real.records, "real", where=str(real_dir))  # scores on synthetic "test" images mean nothing
     train_rows = _pick(real, real.indices("train"), data.real_train_ids, what=f"real train split of {real_dir}")
     parts = [(real, train_rows)]
     n_synthetic = 0
@@ -82,12 +83,8 @@ def load_train_data(
                 "generate it from a generator trained on this data folder"
             )
         synthetic = load_cache(syn_dir, image_size, fit=fit)
-        real_rows = [r.id for r in synthetic.records if r.source != "synthetic"]
-        if real_rows:  # e.g. a prepared real data folder: its val/test images would leak into training
-            raise UserError(
-                f"{syn_dir} is not a synthetic set ({len(real_rows)} rows have source other than 'synthetic', "
-                f"e.g. {real_rows[0]}); pass a folder written by `mrisynth generator sample`"
-            )
+        # e.g. a prepared real data folder: its val/test images would leak into training
+        require_source(synthetic.records, "synthetic", where=str(syn_dir))
         syn_rows = _pick(synthetic, synthetic.indices(None), data.synthetic_ids, what=f"synthetic set {syn_dir}")
         parts.append((synthetic, syn_rows))
         n_synthetic = len(syn_rows)

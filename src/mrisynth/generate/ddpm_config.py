@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Literal
 
+from mrisynth.config import check_at_least, check_within
+from mrisynth.errors import UserError
+
 Device = Literal["auto", "cpu", "cuda"]
 Sampler = Literal["ddim", "dpm++"]
 
@@ -18,6 +21,9 @@ class TrainConfig:
 
     image_size: int = 64  # square, 32..256 (a multiple of 2 ** (len(channels) - 1))
     fit: Literal["resize", "letterbox"] = "resize"
+    # Intensity normalisation of the training images (data/normalize.py: none | percentile[:LO-HI] | zscore): the
+    # generator then draws images in the space the classifier normalises to; a study requires the classifier's.
+    normalize: str = "none"
     # UNet shape: one down/up block per entry; attention only at the lowest resolution (it is costly on a CPU).
     channels: tuple[int, ...] = (32, 64, 128)
     layers_per_block: int = 1
@@ -61,6 +67,37 @@ class TrainConfig:
     val_per_class: int = 16
     keep_best: str = ""
 
+    def __post_init__(self) -> None:
+        """Range checks at load (a config file or --set), before a generator folder is written."""
+        from mrisynth.data.normalize import parse_normalization
+        from mrisynth.generate.recipe import (  # torch: only when checked
+            check_guidance,
+            sample_recipe,
+            uses_guidance,
+        )
+
+        check_at_least(self, 1, "steps", "batch_size", "grad_accum_steps", "layers_per_block", "patch", "log_every",
+                       "checkpoint_every", "grid_per_class", "grid_steps", "val_per_class")
+        check_at_least(self, 0, "warmup_steps", "grid_every", "val_every", "weight_decay", "grad_clip", "snr_gamma",
+                       "noise_offset")
+        check_at_least(self, 2, "num_train_timesteps")  # a schedule needs a noisy and a clean end
+        check_within(self, "ema_decay", 0.0, 1.0, high_open=True)
+        check_within(self, "p_uncond", 0.0, 1.0, high_open=True)
+        if not self.lr > 0:
+            raise UserError(f"lr must be positive, got {self.lr}")
+        if len(self.channels) < 2 or min(self.channels) < 1:
+            raise UserError(f"channels needs at least two entries of 1 or more, e.g. [32, 64]; got {list(self.channels)}")
+        factor = self.patch * 2 ** (len(self.channels) - 1)
+        if not 16 <= self.image_size <= 256 or self.image_size % factor:
+            raise UserError(f"image_size {self.image_size} must be in 16..256 and divisible by {factor} "
+                            "(patch times one halving per extra entry of channels)")
+        parse_normalization(self.normalize)  # a UserError naming the valid settings
+        recipe = sample_recipe(SampleConfig, self.sample_preset)  # the recipe grids and validation draw with
+        check_guidance(recipe.guidance)
+        if self.p_uncond == 0.0 and uses_guidance(recipe.guidance):
+            raise UserError(f"guidance {recipe.guidance} needs an unconditional model: p_uncond is 0, so nothing "
+                            "trains it; set p_uncond (e.g. 0.1) or sample with guidance 1")
+
 
 @dataclasses.dataclass
 class SampleConfig:
@@ -81,3 +118,12 @@ class SampleConfig:
     batch_size: int = 64
     seed: int = 0  # each image gets its own seed derived from (seed, class, index)
     device: Device = "auto"
+
+    def __post_init__(self) -> None:
+        """Range checks at load, before a synthetic-set folder is written."""
+        from mrisynth.generate.recipe import check_guidance
+
+        check_at_least(self, 1, "n_per_class", "steps", "batch_size")
+        if any(not n >= 0 for n in self.counts.values()):
+            raise UserError(f"counts must be 0 or more per class; got {self.counts}")
+        check_guidance(self.guidance)

@@ -25,7 +25,7 @@ from mrisynth.generate.ddpm_model import (
     to_uint8_images,
 )
 from mrisynth.generate.output import SyntheticWriter, claim_synthetic_dir, synthetic_id
-from mrisynth.generate.recipe import check_guidance, per_class_counts
+from mrisynth.generate.recipe import per_class_counts
 from mrisynth.runfolder import check_same_run
 from mrisynth.seeding import derive_seed
 
@@ -75,9 +75,6 @@ def run_sample(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | 
     info = read_generator_info(gen_dir)
     if info.get("backend") != "ddpm":
         raise UserError(f"{gen_dir} is a '{info.get('backend')}' generator, not a ddpm one")
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.n_per_class < 1:
-        raise UserError("steps, batch_size and n_per_class must all be at least 1")
-    check_guidance(cfg.guidance)
     classes: list[str] = info["classes"]
     unknown = sorted(set(cfg.classes) - set(classes))
     if unknown:

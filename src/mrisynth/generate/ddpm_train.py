@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 from mrisynth import checkpoint
 from mrisynth.config import save_config
 from mrisynth.data.cache import load_cache
+from mrisynth.data.manifest import load_manifest, require_source
+from mrisynth.data.normalize import normalize_images
 from mrisynth.devices import resolve_device
 from mrisynth.distributed import init_distributed, main_process_first
 from mrisynth.errors import UserError
@@ -59,12 +61,10 @@ from mrisynth.generate.ddpm_model import (
 from mrisynth.generate.integrity import check_file_hashes, file_hashes
 from mrisynth.generate.output import claim_generator_dir
 from mrisynth.generate.recipe import (
-    check_guidance,
     min_snr_weights,
     offset_noise,
     sample_recipe,
     training_set_fingerprint,
-    uses_guidance,
     weighted_mse,
 )
 from mrisynth.generate.resume import drop_records_after
@@ -115,7 +115,7 @@ def load_training_data(data_dir: str | os.PathLike, cfg: TrainConfig, *, device:
     rows = cache.indices("train")
     if len(rows) == 0:
         raise UserError(f"{data_dir} has no images in the train split; run `mrisynth data prepare` with a split")
-    pixels = np.ascontiguousarray(cache.images[rows])
+    pixels = np.ascontiguousarray(normalize_images(cache.images[rows], cfg.normalize))  # what it learns, fingerprinted
     fingerprint = training_set_fingerprint([cache.records[i].id for i in rows], cache.labels[rows], pixels)
     images = torch.from_numpy(pixels)[:, None]
     labels = torch.from_numpy(cache.labels[rows])
@@ -173,21 +173,6 @@ def diffusion_loss(
     if snr_gamma > 0:
         weights = min_snr_weights(noise_scheduler.alphas_cumprod, t, gamma=snr_gamma, prediction_type=kind)
     return weighted_mse(pred, target, weights)
-
-
-def _check(cfg: TrainConfig) -> None:
-    for key in ("steps", "batch_size", "log_every", "checkpoint_every", "grid_steps", "grid_per_class"):
-        if getattr(cfg, key) < 1:
-            raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    if not 0.0 <= cfg.p_uncond < 1.0:
-        raise UserError(f"p_uncond must be in [0, 1); got {cfg.p_uncond}")
-    if cfg.snr_gamma < 0 or cfg.noise_offset < 0:
-        raise UserError(f"snr_gamma and noise_offset must be 0 (off) or more; got {cfg.snr_gamma}, {cfg.noise_offset}")
-    recipe = sample_recipe(SampleConfig, cfg.sample_preset)  # the recipe grids and validation draw with
-    check_guidance(recipe.guidance)
-    if cfg.p_uncond == 0.0 and uses_guidance(recipe.guidance):
-        raise UserError(f"guidance {recipe.guidance} needs an unconditional model: p_uncond is 0, so nothing trains "
-                        "it; set p_uncond (e.g. 0.1) or sample with guidance 1")
 
 
 def build_state(cfg: TrainConfig, n_classes: int, *, device: torch.device) -> TrainState:
@@ -290,7 +275,7 @@ def save_generator(state: TrainState, noise_scheduler: DDPMScheduler, cfg: Train
         noise_scheduler.save_pretrained(tmp)
     write_json(out / GENERATOR_JSON, {
         "backend": "ddpm", "data_dir": data_dir, "classes": classes, "image_size": cfg.image_size,
-        "steps": state.step, "sha256": sha256_dir(out / "unet"),
+        "steps": state.step, "sha256": sha256_dir(out / "unet"), "normalize": cfg.normalize,
     })
 
 
@@ -299,9 +284,9 @@ def run_train(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | o
     """Train (or resume training) a DDPM on the train split of `data_dir`; returns the generator folder.
 
     `validate(images, labels) -> {"val_...": float}` scores a small draw every `cfg.val_every` steps."""
-    _check(cfg)
     check_validation_settings(val_every=cfg.val_every, val_per_class=cfg.val_per_class, keep_best=cfg.keep_best,
                               validate=validate)
+    require_source(load_manifest(data_dir), "real", where=str(data_dir))  # never a generator of generated images
     with claim_generator_dir(out_dir):
         return _train(cfg, data_dir=data_dir, out_dir=out_dir, validate=validate)
 

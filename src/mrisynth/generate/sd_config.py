@@ -5,7 +5,11 @@ type its generator sections without loading diffusers)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar, Literal
+
+from mrisynth.config import check_at_least, check_within
+from mrisynth.errors import UserError
 
 DEFAULT_MODEL = "stabilityai/sd-turbo"
 DEFAULT_PROMPT = "a T1-weighted contrast-enhanced brain MRI slice showing {cls}"
@@ -20,6 +24,8 @@ class TrainConfig:
     model: str = DEFAULT_MODEL  # a Hugging Face id (read from the local cache only) or a local pipeline folder
     mode: Literal["full", "lora"] = "full"
     size: int = 256  # training resolution in pixels (images come from the packed cache at this size)
+    # Intensity normalisation of the training images before encoding (data/normalize.py), as for the DDPM backend.
+    normalize: str = "none"
     steps: int = 2000  # optimizer steps
     batch_size: int = 8  # global batch per step, whatever the number of processes
     grad_accum_steps: int = 1  # micro-batches per step on each process
@@ -56,6 +62,31 @@ class TrainConfig:
     keep_best: str = ""
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        """Range checks at load (a config file or --set), before a generator folder is written."""
+        from mrisynth.data.normalize import parse_normalization
+        from mrisynth.generate.recipe import sample_recipe
+
+        parse_normalization(self.normalize)
+        check_at_least(self, 1, "steps", "batch_size", "grad_accum_steps", "lora_rank", "log_every",
+                       "checkpoint_every", "val_per_class")
+        check_at_least(self, 0, "warmup_steps", "sample_every", "val_every", "weight_decay", "grad_clip",
+                       "snr_gamma", "noise_offset")
+        check_within(self, "ema_decay", 0.0, 1.0, high_open=True)
+        check_within(self, "caption_dropout", 0.0, 1.0, high_open=True)
+        if not self.lr > 0:
+            raise UserError(f"lr must be positive, got {self.lr}")
+        if not 16 <= self.size <= 2048 or self.size % 8:
+            raise UserError(f"size must be 16..2048 pixels and a multiple of 8 (the VAE downsamples by 8); got {self.size}")
+        if "{cls}" not in self.prompt_template:
+            raise UserError(f"prompt_template must contain {{cls}}; got '{self.prompt_template}'")
+        sample_recipe(SampleConfig, self.sample_preset)  # the recipe grids and validation draw with: checked too
+
+
+def executed_steps(steps: int, strength: float | None) -> int:
+    """Denoising steps that really run: all of them for text2img, int(steps * strength) for img2img."""
+    return steps if strength is None else int(steps * strength)
+
 
 @dataclasses.dataclass
 class SampleConfig:
@@ -84,3 +115,24 @@ class SampleConfig:
     compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs (batches are padded)
     decode_batch: int = 0  # VAE decode batch size; 0 = the whole batch at once
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        """Range checks at load, so a set is never started with settings that cannot give what its provenance
+        would claim."""
+        from mrisynth.generate.recipe import check_guidance
+
+        check_at_least(self, 1, "n_per_class", "steps", "batch_size")
+        check_at_least(self, 0, "decode_batch")
+        if any(not n >= 0 for n in self.counts.values()):
+            raise UserError(f"counts must be 0 or more per class; got {self.counts}")
+        if self.size is not None and (not 16 <= self.size <= 2048 or self.size % 8):
+            raise UserError(f"size must be 16..2048 pixels and a multiple of 8 (or null); got {self.size}")
+        check_guidance(self.guidance)
+        if self.mode == "img2img":
+            if not 0.0 < self.strength <= 1.0:
+                raise UserError(f"strength must be in (0, 1] for img2img; got {self.strength}")
+            if executed_steps(self.steps, self.strength) < 1:
+                need = math.ceil(1.0 / self.strength)
+                raise UserError(f"img2img with steps={self.steps} and strength={self.strength} runs no denoising "
+                                f"step (steps x strength < 1, it would start from pure noise); use steps of {need} "
+                                "or more")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +26,8 @@ from mrisynth.devices import resolve_device
 from mrisynth.errors import UserError
 from mrisynth.generate import read_generator_info
 from mrisynth.generate.output import SyntheticWriter, synthetic_id
-from mrisynth.generate.recipe import check_guidance, per_class_counts, uses_guidance
-from mrisynth.generate.sd_config import SampleConfig
+from mrisynth.generate.recipe import per_class_counts, uses_guidance
+from mrisynth.generate.sd_config import SampleConfig, executed_steps
 from mrisynth.generate.sd_latents import (
     class_prompts,
     decode_latents,
@@ -123,11 +122,6 @@ def denoise(
     return latents
 
 
-def executed_steps(steps: int, strength: float | None) -> int:
-    """Denoising steps that really run: all of them for text2img, int(steps * strength) for img2img."""
-    return steps if strength is None else int(steps * strength)
-
-
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """auto: fp16 on a GPU, fp32 on the CPU (half precision on the CPU is slow and not what anyone wants)."""
     if precision == "auto":
@@ -155,7 +149,6 @@ def speed_up(
 def sample_sd(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | os.PathLike) -> Path:
     """Write the requested images per class from the generator in `gen_dir` to `out_dir` (resumable)."""
     info = read_generator_info(gen_dir)
-    check_sample_config(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.precision, device)
     classes = list(info["classes"])
@@ -171,20 +164,6 @@ def sample_sd(gen_dir: str | os.PathLike, cfg: SampleConfig, *, out_dir: str | o
             _generate(jobs, gen_dir, info, cfg, writer, device=device, dtype=dtype)
         keep = {synthetic_id(c, i) for c, n in wanted.items() for i in range(n)}
         return writer.finish(keep=keep).parent
-
-
-def check_sample_config(cfg: SampleConfig) -> None:
-    """One-line errors for settings that cannot give the images the provenance would claim."""
-    if cfg.n_per_class < 1 or cfg.steps < 1 or cfg.batch_size < 1:
-        raise UserError("n_per_class, steps and batch_size must be at least 1")
-    check_guidance(cfg.guidance)
-    if cfg.mode == "img2img":
-        if not 0.0 < cfg.strength <= 1.0:
-            raise UserError(f"strength must be in (0, 1] for img2img; got {cfg.strength}")
-        if executed_steps(cfg.steps, cfg.strength) < 1:
-            need = math.ceil(1.0 / cfg.strength)
-            raise UserError(f"img2img with steps={cfg.steps} and strength={cfg.strength} runs no denoising step "
-                            f"(steps x strength < 1, it would start from pure noise); use steps of {need} or more")
 
 
 def warn_if_few_steps(info: dict, steps: int) -> None:

@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 from mrisynth import checkpoint
 from mrisynth.config import save_config, to_dict
 from mrisynth.data.cache import load_cache
+from mrisynth.data.manifest import load_manifest, require_source
+from mrisynth.data.normalize import normalize_images
 from mrisynth.devices import resolve_device
 from mrisynth.distributed import init_distributed, main_process_first
 from mrisynth.errors import UserError
@@ -40,12 +42,11 @@ from mrisynth.generate.recipe import (
     ema_decay_at,
     min_snr_weights,
     offset_noise,
-    sample_recipe,
     training_set_fingerprint,
     weighted_mse,
 )
 from mrisynth.generate.resume import drop_records_after
-from mrisynth.generate.sd_config import SampleConfig, TrainConfig
+from mrisynth.generate.sd_config import TrainConfig
 from mrisynth.generate.sd_latents import class_prompts, load_or_build_train_latents
 from mrisynth.generate.sd_load import (
     add_lora,
@@ -57,7 +58,6 @@ from mrisynth.generate.sd_load import (
     save_lora,
 )
 from mrisynth.generate.sd_preview import Previews, averaged
-from mrisynth.generate.sd_sample import check_sample_config
 from mrisynth.generate.validation import (
     BestKeeper,
     ValidationFn,
@@ -82,11 +82,11 @@ def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
 
     `validate`: scores a small class-balanced draw every `cfg.val_every` steps (see generate/validation.py).
     """
-    _check(cfg)
     check_validation_settings(val_every=cfg.val_every, val_per_class=cfg.val_per_class, keep_best=cfg.keep_best,
                               validate=validate)
     # Before anything is written (config, latent cache): refuse to continue a run of other settings.
     check_same_run(out_dir, cfg, resumable=_RESUMABLE_CHANGES)
+    require_source(load_manifest(data_dir), "real", where=str(data_dir))  # never a generator of generated images
     out = ensure_writable_dir(out_dir)
     data_dir = Path(data_dir).resolve()
     device = resolve_device(cfg.device)
@@ -99,13 +99,14 @@ def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
     if len(train_rows) == 0:
         raise UserError(f"{data_dir} has no images in the train split; run `mrisynth data prepare` with a split")
     train_ids = [cache.records[i].id for i in train_rows]
-    learned_from = training_set_fingerprint(train_ids, cache.labels[train_rows], cache.images[train_rows])
+    pixels = normalize_images(cache.images[train_rows], cfg.normalize)  # what it learns (and what is fingerprinted)
+    learned_from = training_set_fingerprint(train_ids, cache.labels[train_rows], pixels)
 
     prompts = class_prompts(cfg.prompt_template, cache.classes)
     with main_process_first(dist):  # the main process encodes the latents once; the others read its file
         cached = load_or_build_train_latents(
             out / "cache" / f"latents-{cfg.size}.safetensors", model_dir=model_dir,
-            images=cache.images[train_rows], ids=train_ids, prompts=prompts, flip=cfg.flip, device=device,
+            images=pixels, ids=train_ids, prompts=prompts, flip=cfg.flip, device=device,
         )
     data = {k: v.to(device) for k, v in cached.items()}
     labels = torch.from_numpy(cache.labels[train_rows]).to(device)
@@ -168,20 +169,6 @@ def train_sd(cfg: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
                           classes=cache.classes, steps=cfg.steps)
     dist.barrier()
     return result
-
-
-def _check(cfg: TrainConfig) -> None:
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.checkpoint_every < 1 or cfg.log_every < 1:
-        raise UserError("steps, batch_size, checkpoint_every and log_every must be at least 1")
-    if cfg.size % 8:
-        raise UserError(f"size must be a multiple of 8 (the VAE downsamples by 8); got {cfg.size}")
-    if "{cls}" not in cfg.prompt_template:
-        raise UserError(f"prompt_template must contain {{cls}}; got '{cfg.prompt_template}'")
-    if not 0.0 <= cfg.caption_dropout < 1.0:
-        raise UserError(f"caption_dropout must be in [0, 1); got {cfg.caption_dropout}")
-    if cfg.snr_gamma < 0 or cfg.noise_offset < 0:
-        raise UserError(f"snr_gamma and noise_offset must be 0 (off) or more; got {cfg.snr_gamma}, {cfg.noise_offset}")
-    check_sample_config(sample_recipe(SampleConfig, cfg.sample_preset))  # the recipe grids and validation will draw with
 
 
 def _build_unet(model_dir: Path, cfg: TrainConfig, device: torch.device) -> UNet2DConditionModel:
@@ -322,6 +309,7 @@ def _save_result(out: Path, unet: UNet2DConditionModel, trainable: dict, ema: di
         "backend": "sd", "data_dir": str(data_dir), "classes": list(classes), "mode": cfg.mode,
         "base_model": str(model_dir), "model": cfg.model, "prompt_template": cfg.prompt_template, "size": cfg.size,
         "steps": steps, "sha256": sha256_dir(weights),  # checked before every sampling run
+        "normalize": cfg.normalize,
     }
     if cfg.mode == "lora":  # the adapter is only half the model: record which base it was trained on
         info["base_sha256"] = base_checksum(model_dir)

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from mrisynth.config import save_config
 from mrisynth.data.cache import ImageCache, load_cache
+from mrisynth.data.manifest import load_manifest, require_source
 from mrisynth.errors import UserError
 from mrisynth.files import atomic_path, ensure_writable_dir, sha256_array, write_csv, write_json
 from mrisynth.quality.distances import DistanceConfig, compare_sets
@@ -85,6 +86,8 @@ def run_audit(
     classifier_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Audit `synthetic_dir` against the train split of the prepared data folder `real_dir`; see the module doc."""
+    require_source(load_manifest(real_dir), "real", where=str(real_dir))  # before any output: nothing half-written
+    require_source(load_manifest(synthetic_dir), "synthetic", where=str(synthetic_dir))
     out = ensure_writable_dir(out_dir)
     save_config(cfg, out / "config.yaml")
     seed_everything(cfg.seed)

@@ -54,7 +54,10 @@ def comparison_cells(comp: dict) -> tuple[str, str, str]:
     p = f"{comp['p_holm']:.3g}" if comp.get("p_holm") is not None else "–"
     verdict = comp["verdict"]
     if verdict == NO_DIFFERENCE and comp.get("mdd") is not None:
-        verdict += f" (could detect ±{100 * comp['mdd']:.1f} pts)"
+        mdd = 100 * comp["mdd"]
+        # Accuracy cannot move by 100 points or more: then no possible effect was detectable.
+        verdict += (f" (could detect ±{mdd:.1f} pts)" if mdd < 100 else
+                    f" (could detect no possible difference: ±{mdd:.0f} pts needed; add runs or test patients)")
     elif comp.get("reason"):
         verdict += f": {comp['reason']}"
     return delta, p, verdict

@@ -151,6 +151,10 @@ class StudyConfig:
                 len(set(self.real_fractions)) != len(self.real_fractions):
             raise UserError("real_fractions must be distinct numbers in (0, 1], e.g. [0.1, 0.25, 0.5, 1.0]")
         external_sets(self)  # every external folder exists and has a name of its own
+        if self.generator.train.normalize != self.classifier.normalize:
+            raise UserError(f"generator.train.normalize is '{self.generator.train.normalize}' but classifier.normalize "
+                            f"is '{self.classifier.normalize}': set both the same, so that synthetic images are "
+                            "drawn in the intensity space the classifier sees real ones in")
         classifier_for_trial(self, seed=0, extra=self.augment_only_classifier, where="augment_only_classifier.")
 
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 from tqdm import tqdm
 
 from mrisynth.errors import UserError
@@ -39,7 +39,7 @@ from mrisynth.study.stages import (
     stage_lock,
     train_generator,
 )
-from mrisynth.study.trial import FAILED, is_done, run_trial, trial_dir
+from mrisynth.study.trial import FAILED, is_done, run_trial, trial_dir, trial_lock
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +131,15 @@ def trial_status(run: str | os.PathLike) -> dict[str, str]:
         d = trial_dir(run, trial)
         if is_done(cfg, run, trial):
             out[trial.name] = "done"
-        elif not d.is_dir():
-            out[trial.name] = "pending"
-        else:
-            lock = FileLock(str(d / ".lock"))
-            try:
-                lock.acquire(timeout=0)
-                lock.release()
-                out[trial.name] = "failed" if (d / FAILED).is_file() else "incomplete"
-            except Timeout:
-                out[trial.name] = "running"
+            continue
+        lock = trial_lock(run, trial)
+        try:
+            lock.acquire(timeout=0)
+            lock.release()
+        except Timeout:
+            out[trial.name] = "running"
+            continue
+        out[trial.name] = ("pending" if not d.is_dir() else "failed" if (d / FAILED).is_file() else "incomplete")
     return out
 
 

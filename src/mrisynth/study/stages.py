@@ -104,6 +104,11 @@ def train_generator(cfg: StudyConfig, run: Path, arm: Arm) -> Path:
 
         info = read_generator_info(cfg.generator.existing)  # fails clearly when it is not a generator folder
         check_generator_fits_split(info, arm.data_dir, where=f"generator.existing ({cfg.generator.existing})")
+        learned = info.get("normalize", "none")  # generators from before the setting learned raw intensities
+        if learned != cfg.classifier.normalize:
+            raise UserError(f"generator.existing ({cfg.generator.existing}) learned images normalised '{learned}' "
+                            f"but classifier.normalize is '{cfg.classifier.normalize}'; use a generator trained "
+                            "with the same normalize, or leave generator.existing empty")
         return Path(cfg.generator.existing)
     gen_dir = arm.folder(run, "generator")
     with stage_lock(run, arm.lock_name("generator")):

@@ -23,11 +23,11 @@ from filelock import FileLock, Timeout
 
 from mrisynth.data.manifest import class_counts, load_manifest, select
 from mrisynth.errors import UserError
-from mrisynth.files import ensure_writable_dir, write_json
+from mrisynth.files import claim_output_dir, write_json
 from mrisynth.study import conditions as cond
 from mrisynth.study.config import StudyConfig, classifier_for_trial, external_sets
 from mrisynth.study.names import TRAIN
-from mrisynth.study.stages import Arm
+from mrisynth.study.stages import Arm, stage_lock
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,12 @@ EXTERNAL_PREDICTIONS = "predictions.csv"
 
 def trial_dir(run: Path, trial: cond.Trial) -> Path:
     return run / "trials" / trial.name
+
+
+def trial_lock(run: Path, trial: cond.Trial) -> FileLock:
+    """Held while a job trains the trial (beside the run's stage locks, so the trial folder holds only what the
+    classifier run writes, and the study's own trial.json)."""
+    return stage_lock(run, f"trial-{trial.name}")
 
 
 def external_dir(run: Path, trial: cond.Trial, name: str) -> Path:
@@ -59,8 +65,8 @@ def run_trial(cfg: StudyConfig, run: Path, trial: cond.Trial, *, arm: Arm) -> st
 
     Returns "trained", "already_done", "failed" (recorded in failed.json) or "running" (locked by another job).
     """
-    out = ensure_writable_dir(trial_dir(run, trial))
-    lock = FileLock(str(out / ".lock"))
+    out = trial_dir(run, trial)
+    lock = trial_lock(run, trial)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -68,8 +74,9 @@ def run_trial(cfg: StudyConfig, run: Path, trial: cond.Trial, *, arm: Arm) -> st
     try:
         if is_done(cfg, run, trial):
             return "already_done"
-        (out / FAILED).unlink(missing_ok=True)
-        _train(cfg, trial, arm, out)
+        with claim_output_dir(out, "classifier"):  # marked before trial.json, which the classifier run then finds
+            (out / FAILED).unlink(missing_ok=True)
+            _train(cfg, trial, arm, out)
         _score_external(cfg, run, trial)
         return "trained"
     except UserError:
