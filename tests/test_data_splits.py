@@ -183,3 +183,25 @@ def test_file_split_reads_split_and_class_spellings_and_refuses_others(tmp_path)
     swapped = {"glioma": "meningioma", "meningioma": "glioma", "pituitary": "pituitary"}
     with pytest.raises(UserError, match="is 'meningioma' there but 'glioma' in the source"):
         assign_splits(records, write(lambda r: "train", lambda r: swapped[r.class_name]))
+
+
+def test_a_class_too_rare_for_every_split_is_warned_about_at_prepare(tmp_path, caplog):
+    """#18 defect 11: a class with one image can reach only one split; its per-class val/test metrics would be
+    undefined, so prepare says which split lacks it."""
+    import logging
+
+    from mrisynth.data.images import save_grayscale_png
+    from mrisynth.data.manifest import load_manifest
+    from mrisynth.data.prepare import PrepareConfig, run_prepare
+
+    for name, n in (("glioma", 10), ("meningioma", 10), ("pituitary", 1)):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        for k in range(n):
+            save_grayscale_png(np.full((8, 8), 10 * k, np.uint8), tmp_path / "src" / name / f"{name}{k}.png")
+    caplog.set_level(logging.WARNING, logger="mrisynth.data.splits")
+    run_prepare(tmp_path / "src", tmp_path / "d", PrepareConfig(split="seed"))
+    where = {r.split for r in load_manifest(tmp_path / "d") if r.class_name == "pituitary"}
+    missing = {"train", "val", "test"} - where
+    assert len(missing) == 2
+    for split in missing:
+        assert any(f"the {split} split has no image of class pituitary" in r.getMessage() for r in caplog.records)
